@@ -1,0 +1,80 @@
+"""Where checkpoints live and how a missing one is reported.
+
+Search order for a checkpoint called ``filename``:
+1. an explicit path given by the caller (must exist);
+2. ``$TUSSS_HOME/<subdir>/<filename>`` (default ``~/.cache/tusss``);
+3. a download from ``url`` into that cache directory, unless ``TUSSS_OFFLINE=1`` or the download fails.
+A miss raises :class:`tusss.errors.WeightsNotFoundError` naming the file, where to get it and where to
+put it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from tusss.errors import WeightsNotFoundError
+
+
+def tusss_home() -> Path:
+    """Root of the tusss cache (``$TUSSS_HOME`` or ``~/.cache/tusss``)."""
+    return Path(os.environ.get("TUSSS_HOME", Path.home() / ".cache" / "tusss")).expanduser()
+
+
+def resolve_checkpoint(
+    filename: str,
+    *,
+    path: str | os.PathLike | None = None,
+    url: str | None = None,
+    subdir: str = "",
+    what: str = "checkpoint",
+) -> Path:
+    """Return the local path of a checkpoint, downloading it once when allowed.
+
+    Args:
+        filename: canonical file name (e.g. ``sam_vit_h_4b8939.pth``).
+        path: explicit file path given by the user; it must exist.
+        url: official download address, tried when the file is not cached and ``TUSSS_OFFLINE`` is unset.
+        subdir: sub-folder of :func:`tusss_home` that caches this kind of file.
+        what: human description used in error messages (e.g. ``"SAM ViT-H checkpoint"``).
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.is_file():
+            return p
+        raise WeightsNotFoundError(
+            f"{what} not found at {p} (expected the file {filename}"
+            + (f", official download: {url}" if url else "")
+            + ")"
+        )
+    cache_dir = tusss_home() / subdir
+    target = cache_dir / filename
+    if target.is_file():
+        return target
+    offline = os.environ.get("TUSSS_OFFLINE", "0") not in ("0", "", "false")
+    err = None
+    if url and not offline:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".part") as tmp:
+                with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 (official URL)
+                    shutil.copyfileobj(r, tmp)
+            os.replace(tmp.name, target)
+            return target
+        except Exception as e:  # network down, 403, disk full ...
+            err = e
+            try:
+                os.unlink(tmp.name)  # type: ignore[possibly-undefined]
+            except Exception:
+                pass
+    raise WeightsNotFoundError(
+        f"{what} '{filename}' is not available: not found in {cache_dir}"
+        + (f" and the download from {url} failed ({err})" if err else "")
+        + (" (TUSSS_OFFLINE is set)" if offline else "")
+        + ". "
+        + (f"Download it from {url} and " if url else "Obtain it and ")
+        + f"put it at {target} (or set TUSSS_HOME, or pass the file path explicitly)."
+    )
