@@ -43,7 +43,7 @@ class MaskSet:
         self.predicted_iou = np.asarray(self.predicted_iou, dtype=np.float32).reshape(-1)
         self.stability = np.asarray(self.stability, dtype=np.float32).reshape(-1)
         if self.area is None:
-            self.area = m.reshape(M, -1).sum(1).astype(np.int64)
+            self.area = m.reshape(M, H * W).sum(1).astype(np.int64)
         if self.bbox is None:
             self.bbox = masks_to_xywh(m)
         if self.crop_box is None:
