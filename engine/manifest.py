@@ -1,0 +1,138 @@
+"""The engine directory's ``manifest.json``: what was built, from what, for which runtime.
+
+Layout of an engine directory::
+
+    manifest.json            this file's contents (see :class:`Manifest`)
+    sam_encoder.onnx         SAM image encoder, (N, 3, S, S) -> (N, 256, S/16, S/16)
+    sam_decoder.onnx         SAM prompt decoder over a prompt batch
+    clip_windows.onnx        DBA-CLIP image path for a batch of crops (bias as input)
+    clip_text.onnx           CLIP text encoder
+    <graph>.onnx.data        ONNX external data, for graphs over ~2 GB
+    <graph>.plan             TensorRT plans (backend tensorrt) + timing.cache
+
+Every file is listed with its size and sha256; :func:`read_manifest` + :meth:`Manifest.verify_files`
+refuse a corrupt, incomplete or foreign directory with a message that says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tusss.errors import CorruptFileError
+
+FORMAT = "tusss-engine"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+GRAPHS = ("sam_encoder", "sam_decoder", "clip_windows", "clip_text")
+
+
+@dataclass
+class GraphEntry:
+    """One graph: its files and its I/O contract.
+
+    inputs / outputs: ``{name: {"dtype": "float32", "shape": [dim or symbol, ...]}}``.
+    ranges: ``{symbol: [min, opt, max]}`` for every symbolic dimension (TensorRT optimisation profile).
+    files: ``{file name: {"bytes": int, "sha256": str}}``: the ONNX file, its external data, its plan.
+    """
+
+    onnx: str
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+    ranges: dict[str, list[int]]
+    profiles: list[dict[str, list[int]]] = field(default_factory=list)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plan: str | None = None
+
+
+@dataclass
+class Manifest:
+    """Contents of ``manifest.json``."""
+
+    tusss_version: str
+    backend: str
+    precision: str
+    sam: dict[str, Any]
+    clip: dict[str, Any]
+    graphs: dict[str, GraphEntry]
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)  # key order = graph I/O order
+
+    def write(self, engine_dir: str | os.PathLike) -> Path:
+        p = Path(engine_dir) / MANIFEST
+        tmp = p.with_suffix(".json.tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, p)
+        return p
+
+    def verify_files(self, engine_dir: str | os.PathLike, *, hashes: bool = True) -> None:
+        """Check that every listed file exists with the recorded size (and sha256 when ``hashes``)."""
+        from tusss.export.onnx_io import sha256_file
+
+        d = Path(engine_dir)
+        for gname, g in self.graphs.items():
+            for fname, meta in g.files.items():
+                p = d / fname
+                if not p.is_file():
+                    raise CorruptFileError(
+                        f"engine directory {d} is incomplete: file '{fname}' of graph '{gname}' is missing "
+                        "(interrupted build or partial copy?); rebuild with `tusss-engine build`"
+                    )
+                size = p.stat().st_size
+                if size != int(meta["bytes"]):
+                    raise CorruptFileError(
+                        f"engine file {p} has {size} bytes, the manifest says {meta['bytes']} "
+                        "(truncated or replaced); rebuild with `tusss-engine build`"
+                    )
+                if hashes and sha256_file(p) != meta["sha256"]:
+                    raise CorruptFileError(
+                        f"engine file {p} does not match its sha256 in the manifest (corrupt or modified); "
+                        "rebuild with `tusss-engine build`"
+                    )
+
+
+def read_manifest(engine_dir: str | os.PathLike) -> Manifest:
+    """Parse and validate ``<engine_dir>/manifest.json`` (structure and format version only)."""
+    d = Path(engine_dir)
+    if not d.is_dir():
+        raise CorruptFileError(f"engine directory {d} does not exist (build one with `tusss-engine build`)")
+    p = d / MANIFEST
+    if not p.is_file():
+        raise CorruptFileError(
+            f"{d} is not a tusss engine directory: {MANIFEST} is missing (incomplete build, or the wrong folder)"
+        )
+    try:
+        raw = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"engine manifest {p} is not valid JSON ({e}); rebuild the engine") from e
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CorruptFileError(f"{p} is not a tusss engine manifest (format {raw.get('format')!r})"
+                               if isinstance(raw, dict) else f"{p} is not a tusss engine manifest")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CorruptFileError(
+            f"engine {d} has manifest format version {raw.get('format_version')}, this tusss reads version "
+            f"{FORMAT_VERSION}; rebuild the engine with this tusss"
+        )
+    try:
+        graphs = {k: GraphEntry(**v) for k, v in raw.pop("graphs").items()}
+        m = Manifest(graphs=graphs, **raw)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CorruptFileError(f"engine manifest {p} is missing or has unexpected fields ({e}); rebuild") from e
+    if m.backend not in BACKENDS:
+        raise CorruptFileError(f"engine manifest {p}: unknown backend {m.backend!r} (known: {BACKENDS})")
+    if m.precision not in PRECISIONS:
+        raise CorruptFileError(f"engine manifest {p}: unknown precision {m.precision!r} (known: {PRECISIONS})")
+    unknown = sorted(set(m.graphs) - set(GRAPHS))
+    if unknown:
+        raise CorruptFileError(f"engine manifest {p}: unknown graph(s) {unknown} (known: {GRAPHS})")
+    return m

@@ -1,0 +1,142 @@
+"""Triton kernel: mask-biased dual-softmax attention with the bias computed on the fly from bitsets.
+
+One program handles BLOCK_M query rows of one (window, head). It streams the keys once in BLOCK_N tiles and
+keeps two online softmaxes (running max/sum and accumulator for s·q qᵀ + Bias and for s·k kᵀ + Bias).
+The bias tile is rebuilt from the int32 membership words of the row and column tokens; no L×L tensor exists.
+Reference §2 ("Modified last block", "Attention bias").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._triton_util import HAS_TRITON, device_key, interpreting
+
+__all__ = ["dual_attention_triton"]
+
+LOG2E = 1.0 / math.log(2.0)
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    if interpreting():
+        # The CPU interpreter runs numpy per tile: large tiles = few iterations; one config = no benchmarking.
+        _CONFIGS = [triton.Config({"BLOCK_M": 256, "BLOCK_N": 256}, num_warps=4, num_stages=1)]
+    else:  # pragma: no cover - needs a GPU
+        _CONFIGS = [
+            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in [(64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3),
+                                 (64, 64, 4, 3), (128, 128, 8, 2), (32, 64, 4, 2)]
+        ]
+
+    @triton.autotune(configs=_CONFIGS, key=["L", "NW", "HD", "dev_key"], cache_results=True)
+    @triton.jit
+    def _dual_attn_fwd(Q, K, V, BITS, OUT,
+                       sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol, sbb, sbl,
+                       H, L, NW, scale2, bias2, out_scale, dev_key,
+                       HD: tl.constexpr, HD_PAD: tl.constexpr, CLS_VISIBLE: tl.constexpr, IEEE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HD_PAD)
+        dmask = offs_d < HD
+        mrow = offs_m < L
+        row_patch = (offs_m > 0) & mrow
+        ld_mask = mrow[:, None] & dmask[None, :]
+        qi = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=ld_mask, other=0.0)
+        ki = tl.load(K + b * skb + h * skh + offs_m[:, None] * skl + offs_d[None, :], mask=ld_mask, other=0.0)
+
+        m1 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        m2 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l1 = tl.zeros([BLOCK_M], tl.float32)
+        l2 = tl.zeros([BLOCK_M], tl.float32)
+        acc1 = tl.zeros([BLOCK_M, HD_PAD], tl.float32)
+        acc2 = tl.zeros([BLOCK_M, HD_PAD], tl.float32)
+        bits_row = BITS + b * sbb + (offs_m - 1) * sbl
+
+        for start_n in range(0, L, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            ncol = offs_n < L
+            col_patch = (offs_n > 0) & ncol
+            cl_mask = ncol[:, None] & dmask[None, :]
+            qj = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sql + offs_d[None, :], mask=cl_mask, other=0.0)
+            kj = tl.load(K + b * skb + h * skh + offs_n[:, None] * skl + offs_d[None, :], mask=cl_mask, other=0.0)
+            vj = tl.load(V + b * svb + h * svh + offs_n[:, None] * svl + offs_d[None, :], mask=cl_mask, other=0.0)
+            if IEEE:
+                s1 = tl.dot(qi, tl.trans(qj), input_precision="ieee")
+                s2 = tl.dot(ki, tl.trans(kj), input_precision="ieee")
+            else:
+                s1 = tl.dot(qi, tl.trans(qj))
+                s2 = tl.dot(ki, tl.trans(kj))
+            # Bias tile from the membership words (0 where the two tokens share a mask).
+            share = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
+            bits_col = BITS + b * sbb + (offs_n - 1) * sbl
+            for w in range(NW):
+                bi = tl.load(bits_row + w, mask=row_patch, other=0)
+                bj = tl.load(bits_col + w, mask=col_patch, other=0)
+                share = share | (bi[:, None] & bj[None, :])
+            vis = share != 0
+            if CLS_VISIBLE:
+                vis = vis | (offs_m[:, None] == 0) | (offs_n[None, :] == 0)
+            bias = tl.where(vis, 0.0, bias2)
+            bias = tl.where(ncol[None, :], bias, float("-inf"))
+            s1 = s1 * scale2 + bias
+            s2 = s2 * scale2 + bias
+            # online softmax #1 (queries)
+            m1n = tl.maximum(m1, tl.max(s1, 1))
+            a1 = tl.exp2(m1 - m1n)
+            p1 = tl.exp2(s1 - m1n[:, None])
+            l1 = l1 * a1 + tl.sum(p1, 1)
+            # online softmax #2 (keys)
+            m2n = tl.maximum(m2, tl.max(s2, 1))
+            a2 = tl.exp2(m2 - m2n)
+            p2 = tl.exp2(s2 - m2n[:, None])
+            l2 = l2 * a2 + tl.sum(p2, 1)
+            if IEEE:
+                acc1 = acc1 * a1[:, None] + tl.dot(p1, vj, input_precision="ieee")
+                acc2 = acc2 * a2[:, None] + tl.dot(p2, vj, input_precision="ieee")
+            else:
+                acc1 = acc1 * a1[:, None] + tl.dot(p1.to(vj.dtype), vj)
+                acc2 = acc2 * a2[:, None] + tl.dot(p2.to(vj.dtype), vj)
+            m1 = m1n
+            m2 = m2n
+
+        out = (acc1 / l1[:, None] + acc2 / l2[:, None]) * out_scale
+        tl.store(OUT + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :],
+                 out.to(OUT.dtype.element_ty), mask=ld_mask)
+
+
+def dual_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bitsets: torch.Tensor, *,
+                          bias_value: float = -4.0, cls_visible: bool = True, scale: float | None = None,
+                          mode: str = "sum") -> torch.Tensor:
+    """Triton version of :func:`kernels.attention_torch.dual_attention_torch` (same arguments/shapes)."""
+    if not HAS_TRITON:  # pragma: no cover
+        raise RuntimeError("triton is not installed")
+    bsz, nh, L, hd = q.shape
+    if scale is None:
+        scale = hd**-0.5
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    bitsets = bitsets.contiguous()
+    out = torch.empty_like(q)
+    nw = bitsets.shape[-1]
+    hd_pad = max(16, triton.next_power_of_2(hd))
+
+    def grid(meta):
+        return (triton.cdiv(L, meta["BLOCK_M"]), bsz * nh)
+
+    _dual_attn_fwd[grid](
+        q, k, v, bitsets, out,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        bitsets.stride(0), bitsets.stride(1),
+        nh, L, nw, float(scale) * LOG2E, float(bias_value) * LOG2E, 0.5 if mode == "mean" else 1.0,
+        device_key(q),
+        HD=hd, HD_PAD=hd_pad, CLS_VISIBLE=bool(cls_visible), IEEE=q.dtype == torch.float32,
+    )
+    return out

@@ -1,0 +1,106 @@
+"""Packed ragged attention of the ``paper`` preset (Eq. 9, B = m̂m̂ᵀ ∨ I) against M separate passes with the
+materialised hard per-mask bias and two explicit softmaxes."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from tusss.kernels import pack_token_masks, paper_attention, unpack_paper
+
+from tests._kernels_helpers import random_token_masks, rel_err, run_in_interpreter
+from tusss.errors import InputError
+
+
+def naive_paper_attention(q, k, v, token_masks, cls_visible=True, mode="sum", c=1e4):
+    """For every mask separately: Bias = −c·(1 − B), B = m̂m̂ᵀ ∨ I (+ CLS row/column), two softmaxes."""
+    b, _, L, hd = q.shape
+    s = hd**-0.5
+    outs = []
+    for j in range(token_masks.shape[1]):
+        mm = torch.zeros(b, L)
+        mm[:, 1:] = token_masks[:, j].float()
+        B = torch.maximum(mm[:, :, None] * mm[:, None, :], torch.eye(L))
+        if cls_visible:
+            B[:, 0, :] = 1
+            B[:, :, 0] = 1
+        bias = (-c * (1 - B))[:, None]
+        a = torch.softmax(s * q @ q.transpose(-1, -2) + bias, -1)
+        a = a + torch.softmax(s * k @ k.transpose(-1, -2) + bias, -1)
+        outs.append(a @ v * (0.5 if mode == "mean" else 1.0))
+    return torch.stack(outs, 1)
+
+
+# (windows B, heads, grid, masks M, cls_visible, mode)
+CASES = [
+    (1, 2, (14, 14), 1, True, "sum"),
+    (4, 1, (14, 14), 40, True, "sum"),
+    (2, 1, (14, 14), 40, False, "mean"),
+    (1, 1, (28, 42), 40, True, "sum"),  # L = 1177
+    (1, 1, (14, 14), 300, True, "mean"),
+]
+
+
+@functools.cache
+def _inputs(case, seed=0):
+    b, h, grid, m, *_ = case
+    gen = torch.Generator().manual_seed(seed)
+    L = grid[0] * grid[1] + 1
+    q, k, v = (torch.randn(b, h, L, 64, generator=gen) for _ in range(3))
+    tm = random_token_masks(b, m, grid, gen)
+    if m == 1:
+        tm[:, 0, :90] = True  # one big mask spanning several 64-token tiles
+    return q, k, v, tm
+
+
+def test_pack_token_masks():
+    tm = torch.zeros(2, 3, 5, dtype=torch.bool)
+    tm[0, 0, [1, 3]] = True
+    tm[0, 2, [0, 1, 2, 3, 4]] = True
+    tm[1, 1, [4]] = True
+    p = pack_token_masks(tm)  # hand-computed: segments (0,0), (0,2), (1,1)
+    assert p.token_index.tolist() == [2, 4, 1, 2, 3, 4, 5, 5]
+    assert p.seg_offsets.tolist() == [0, 2, 7, 8]
+    assert p.seg_batch.tolist() == [0, 0, 1] and p.seg_mask.tolist() == [0, 2, 1]
+    assert p.max_len == 5 and p.seq_len == 6 and p.total == 8
+    with pytest.raises(InputError):
+        pack_token_masks(torch.zeros(2, 3, 5))
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(case):
+    q, k, v, tm = _inputs(case)
+    *_, cls_visible, mode = case
+    return naive_paper_attention(q, k, v, tm, cls_visible, mode)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_torch_twin_matches_separate_passes(case):
+    q, k, v, tm = _inputs(case)
+    *_, cls_visible, mode = case
+    ref = _reference(case)
+    shared, packed_out, p = paper_attention(q, k, v, tm, cls_visible=cls_visible, mode=mode, backend="torch")
+    assert packed_out.shape == (int(tm.sum()), q.shape[1], q.shape[3])
+    assert rel_err(unpack_paper(shared, packed_out, p), ref) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def triton_outputs():
+    jobs = []
+    for case in CASES:
+        q, k, v, tm = _inputs(case)
+        *_, cls_visible, mode = case
+        jobs.append({"fn": "packed", "args": [q, k, v, pack_token_masks(tm)],
+                     "kwargs": {"cls_visible": cls_visible, "mode": mode}})
+    return run_in_interpreter(jobs)
+
+
+@pytest.mark.parametrize("i", range(len(CASES)))
+def test_triton_interpreter_matches_separate_passes(triton_outputs, i):
+    case = CASES[i]
+    q, k, v, tm = _inputs(case)
+    *_, cls_visible, mode = case
+    ref = _reference(case)
+    shared, _, p = paper_attention(q, k, v, tm, cls_visible=cls_visible, mode=mode, backend="torch")
+    assert rel_err(unpack_paper(shared, triton_outputs[i], p), ref) < 1e-4

@@ -1,0 +1,234 @@
+"""DBA-CLIP: mask embeddings from a CLIP ViT with a mask-biased dual-softmax last block + GSW (paper §4.1,
+reference §2-4)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from tusss.clip.block import TowerRunner
+from tusss.clip.config import DBAClipConfig
+from tusss.clip.gsw import (
+    GSWLayout,
+    global_token_masks,
+    make_layout,
+    normalize_image,
+    resize_image,
+    window_crops,
+    window_token_masks,
+)
+from tusss.clip.pooling import gsw_pool
+from tusss.clip.templates import get_templates
+from tusss.clip.tiny import register_model_configs
+from tusss.errors import CorruptFileError, InputError
+from tusss.validate import check_image, check_masks
+from tusss.weights import resolve_checkpoint
+
+OPEN_CLIP_SUBDIR = "open_clip"
+
+
+def _openai_checkpoint(model: str, path: str | os.PathLike | None = None) -> Path:
+    cfg = open_clip.get_pretrained_cfg(model, "openai")
+    if not cfg or not cfg.get("url"):
+        raise InputError(f"open_clip has no OpenAI weights for model {model!r}; "
+                         f"models with 'openai' weights: {open_clip.list_openai_models()}")
+    url = cfg["url"]
+    filename = url.rsplit("/", 1)[-1]
+    return resolve_checkpoint(filename, path=path, url=url, subdir=OPEN_CLIP_SUBDIR,
+                              what=f"OpenAI CLIP {model} checkpoint")
+
+
+def _load_checkpoint_file(model_name: str, path: Path, device: str, quick_gelu: bool) -> torch.nn.Module:
+    """Load an OpenAI JIT archive / state dict, or an open_clip state dict, into a fresh model."""
+    try:
+        try:
+            torch.jit.load(str(path), map_location="cpu")
+            is_jit = True
+        except Exception:
+            is_jit = False
+        if is_jit:
+            return open_clip.load_openai_model(str(path), precision="fp32", device=device)
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu, device=device)
+        open_clip.load_checkpoint(model, str(path), strict=True)
+        return model
+    except Exception as e:  # truncated file, wrong architecture, not a checkpoint
+        raise CorruptFileError(f"cannot load CLIP weights for {model_name!r} from {path}: {e}") from e
+
+
+class DBAClip:
+    """Mask-aware CLIP encoder (paper Eq. 10 with the reference code's details).
+
+    Attributes:
+        model: the wrapped ``open_clip`` CLIP model (eval mode, no gradients).
+        cfg: :class:`DBAClipConfig`.
+        model_name: open_clip architecture name.
+        device: torch device of the model.
+        embed_dim: D, dimension of mask / text embeddings (512 for ViT-B/16).
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: DBAClipConfig, model_name: str = "ViT-B-16"):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.cfg = cfg
+        self.model_name = model_name
+        self.runner = TowerRunner(self.model.visual, cfg)
+        self.patch = self.runner.patch
+        self.embed_dim = int(self.model.visual.output_dim)
+        self._tokenizer = None
+        self._text_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "ViT-B-16",
+        weights: str | os.PathLike | None = "openai",
+        preset: str = "reference",
+        device: str = "cpu",
+        *,
+        quick_gelu: bool = True,
+        **overrides: object,
+    ) -> DBAClip:
+        """Build DBA-CLIP.
+
+        Args:
+            model: open_clip architecture (``"ViT-B-16"``; ``"tusss-tiny"`` for fast tests).
+            weights: ``"openai"`` (OpenAI weights from ``$TUSSS_HOME/open_clip``, downloaded once unless
+                ``TUSSS_OFFLINE=1``; missing -> WeightsNotFoundError), a checkpoint path, or ``None`` for
+                random weights (drawn from the caller's torch RNG).
+            preset: :class:`DBAClipConfig` preset name; ``overrides`` change single fields.
+            device: torch device.
+            quick_gelu: QuickGELU activations (the OpenAI CLIP architecture); ignored for OpenAI archives.
+        """
+        cfg = DBAClipConfig.preset(preset, **overrides)
+        register_model_configs()
+        if model not in open_clip.list_models():
+            raise InputError(f"unknown open_clip model {model!r}; e.g. 'ViT-B-16' or 'tusss-tiny'")
+        if weights is None:
+            m = open_clip.create_model(model, pretrained=None, force_quick_gelu=quick_gelu, device=device)
+        elif isinstance(weights, str) and weights == "openai":
+            path = _openai_checkpoint(model)
+            m = _load_checkpoint_file(model, path, device, quick_gelu)
+        else:
+            p = Path(weights).expanduser()
+            if not p.is_file():
+                url = (open_clip.get_pretrained_cfg(model, "openai") or {}).get("url")
+                resolve_checkpoint(p.name, path=p, url=url, what=f"CLIP {model} checkpoint")  # raises
+            m = _load_checkpoint_file(model, p, device, quick_gelu)
+        m = m.to(device).float()
+        return cls(m, cfg, model)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.visual.conv1.weight.device
+
+    @property
+    def logit_scale(self) -> float:
+        """Multiplier of the cosine in :meth:`logits` (OpenAI value 100, reference §4)."""
+        return float(self.cfg.logit_scale)
+
+    # ------------------------------------------------------------------ image side
+    def layout(self, hw: tuple[int, int]) -> GSWLayout:
+        """GSW passes for an image of size ``hw``."""
+        return make_layout(int(hw[0]), int(hw[1]), self.cfg, self.patch)
+
+    @torch.no_grad()
+    def pass_features(
+        self, image: np.ndarray, masks: np.ndarray
+    ) -> tuple[GSWLayout, torch.Tensor | None, list[torch.Tensor]]:
+        """Run all GSW passes of one image (validated inputs).
+
+        Returns:
+            (layout, global token map or None, list of window token maps per window group); shapes as
+            :func:`tusss.clip.pooling.gsw_pool` takes them ((h, w, D) / (n, gh, gw, D), with an extra mask
+            axis for the per-mask bias).
+        """
+        cfg = self.cfg
+        dev = self.device
+        H0, W0 = image.shape[:2]
+        lay = self.layout((H0, W0))
+        resized = normalize_image(resize_image(image, lay.resized_hw), cfg.image_mean, cfg.image_std, dev)
+        m_t = torch.from_numpy(masks).to(dev)
+        need_tm = cfg.bias != "none"
+        gfeat = None
+        if lay.has_global:
+            Hr, Wr = lay.resized_hw
+            grid = (Hr // self.patch, Wr // self.patch)
+            tm = global_token_masks(m_t, grid, cfg.token_downsample)[None] if need_tm else None
+            gfeat = self.runner.features(resized[None], tm)[0]
+        wfeats = []
+        for group in lay.groups:
+            crops = window_crops(resized, group)
+            tm = window_token_masks(m_t, lay, group, cfg) if need_tm else None
+            wfeats.append(self.runner.features(crops, tm))
+        return lay, gfeat, wfeats
+
+    @torch.no_grad()
+    def embed_masks(self, image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Unnormalised mask embeddings (paper Eq. 10 with GSW, reference §2-3).
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            masks: (M, H, W) bool, M >= 1, every mask non-empty.
+        Returns:
+            (M, D) float32.
+        """
+        image = check_image(image)
+        masks = check_masks(masks, image.shape[:2])
+        lay, gfeat, wfeats = self.pass_features(image, masks)
+        m_t = torch.from_numpy(masks).to(self.device)
+        emb = gsw_pool(m_t, lay, gfeat, wfeats, window_antialias=self.cfg.window_antialias)
+        return emb.cpu().numpy().astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------ text side
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.get_tokenizer(self.model_name)
+        return self._tokenizer
+
+    @torch.no_grad()
+    def encode_text(
+        self, class_names: list[str] | tuple[str, ...], templates: str | list[str] = "vild"
+    ) -> np.ndarray:
+        """Text embeddings (reference §4): per template encode ``template.format(name)``, L2-normalise, average
+        over templates, L2-normalise. Cached per (names, templates).
+
+        Returns:
+            (K, D) float32, unit rows.
+        """
+        if isinstance(class_names, str) or not isinstance(class_names, (list, tuple)) or not class_names:
+            raise InputError(f"class_names must be a non-empty list of strings, got {class_names!r}")
+        for n in class_names:
+            if not isinstance(n, str) or not n.strip():
+                raise InputError(f"every class name must be a non-empty string, got {n!r}")
+        tmpl = get_templates(templates)
+        key = (tuple(class_names), tmpl)
+        hit = self._text_cache.get(key)
+        if hit is not None:
+            return hit.copy()
+        prompts = [t.format(n) for t in tmpl for n in class_names]
+        feats = []
+        for s in range(0, len(prompts), 512):
+            tok = self.tokenizer(prompts[s: s + 512]).to(self.device)
+            feats.append(F.normalize(self.model.encode_text(tok).float(), dim=-1))
+        f = torch.cat(feats, 0).view(len(tmpl), len(class_names), -1).mean(0)
+        out = F.normalize(f, dim=-1).cpu().numpy().astype(np.float32)
+        self._text_cache[key] = out
+        return out.copy()
+
+    def logits(self, mask_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+        """``logit_scale`` * cos(e, t): (M, D), (K, D) -> (M, K) float32 (both sides L2-normalised here)."""
+        e = np.asarray(mask_emb, dtype=np.float32)
+        t = np.asarray(text_emb, dtype=np.float32)
+        if e.ndim != 2 or t.ndim != 2 or e.shape[1] != t.shape[1]:
+            raise InputError(f"mask_emb (M, D) and text_emb (K, D) must share D, got {e.shape} and {t.shape}")
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+        return (self.logit_scale * (e @ t.T)).astype(np.float32)

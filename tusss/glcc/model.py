@@ -1,0 +1,399 @@
+"""`GLCC`: the global-local consistent classifier (paper §4.2, reference §6.3-6.6).
+
+Construction (reference §6.6, ``order="lp_first"``, the authors' code):
+
+- full: probe on Y (GT fractions); P* := Y (no transductive step); inductive LP over the training graph.
+- semi (1 round) and weak (2 rounds): P^c -> transductive LP (block CG) -> re-score the LP output image by
+  image (L1, min-max, bg^α over the image's classes; semi: labelled rows overwritten by GT) = Y*
+  -> probe on softmax(100·Y*) over the allowed classes -> [next round: P^c := the probe's re-scored
+  training-set scores] -> ... The last Y* is the P* of the inductive step.
+- ``order="probe_first"`` is the paper's text (probe on P^c first, then LP on the probe's P^r).
+
+Prediction: ``p = s_probe + w · L1(āᵀP*)`` with the reference's suppression / bg exponents
+(:func:`tusss.glcc.inductive.combine_scores`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tusss.errors import CorruptFileError, InputError
+from tusss.glcc.inductive import CombineConfig, combine_scores, inductive_bias
+from tusss.glcc.knn import KnnGraph, build_graph, l2_normalize
+from tusss.glcc.probe import LinearProbe, ProbeConfig, train_probe
+from tusss.glcc.propagation import propagate
+from tusss.scoring import BgMethod, FgMethod, seed_table
+from tusss.supervision import (
+    Supervision,
+    full_supervision,
+    group_offsets,
+    prob2soft_label,
+    semi_supervision,
+    weak_supervision,
+)
+from tusss.validate import check_finite
+
+__all__ = ["GLCC", "GLCCConfig", "FORMAT_VERSION", "default_combine"]
+
+FORMAT_VERSION = 1
+_FILES = ("train_embeddings.npy", "degree.npy", "pstar.npy", "probe_weight.npy")
+
+
+def default_combine(kind: str) -> CombineConfig:
+    """The reference's fixed test-set combination for each supervision (reference §6.5)."""
+    if kind == "full":  # VOC FS: w 2.0, LP scores not L1'd, bg α₂ = 2, probe α₁ = 4, final α₃ = 1
+        return CombineConfig(w=2.0, lp_l1=False, alpha_probe=4.0, alpha_lp=2.0, alpha_final=1.0)
+    return CombineConfig(w=1.5, lp_l1=True)  # VOC WSSS (semi's w is grid-searched; 1.5 used)
+
+
+@dataclass
+class GLCCConfig:
+    """GLCC hyper-parameters (reference defaults; the reference tunes several on GT, see reference §10.15).
+
+    Attributes:
+        k, alpha, gamma: graph neighbours, propagation magnitude, similarity exponent (50, 0.9, 1).
+        rounds: bootstrap rounds (None -> weak 2, semi 1, full 1 without transductive LP).
+        k_rounds: per-round k (None -> k every round; the VOC WSSS reference uses (50, 12)).
+        k_bar: test-time neighbours (None -> k of the last graph).
+        a_norm: Eq. 15 normalisation: "rigorous" (reference) | "paper" | "L1" | "none".
+        order: "lp_first" (reference) | "probe_first" (paper text).
+        knn_backend: kNN backend for the graph and for prediction (see tusss.glcc.knn).
+        cg_tol, cg_maxiter, cg_backend: CG settings (1e-6, 200, auto).
+        lp_alpha_bg: bg exponent when re-scoring LP outputs; probe_alpha_bg: when re-scoring the probe's
+            training-set scores (reference tunes both in {1, .25, .5, 2, 4}).
+        soft_gamma: probe targets = softmax(soft_gamma · score) over allowed classes (100).
+        probe: :class:`ProbeConfig`.
+        combine: :class:`CombineConfig` (None -> :func:`default_combine` of the supervision kind).
+    """
+
+    k: int = 50
+    alpha: float = 0.9
+    gamma: float = 1.0
+    rounds: int | None = None
+    k_rounds: tuple[int, ...] | None = None
+    k_bar: int | None = None
+    a_norm: str = "rigorous"
+    order: str = "lp_first"
+    knn_backend: str = "torch"
+    cg_tol: float = 1e-6
+    cg_maxiter: int = 200
+    cg_backend: str = "auto"
+    lp_alpha_bg: float = 1.0
+    probe_alpha_bg: float = 1.0
+    soft_gamma: float = 100.0
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    combine: CombineConfig | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["k_rounds"] = list(self.k_rounds) if self.k_rounds else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GLCCConfig:
+        d = dict(d)
+        d["probe"] = ProbeConfig(**d.get("probe", {}))
+        d["combine"] = CombineConfig(**d["combine"]) if d.get("combine") else None
+        d["k_rounds"] = tuple(d["k_rounds"]) if d.get("k_rounds") else None
+        return cls(**d)
+
+
+class GLCC:
+    """Global-local consistent classifier over mask embeddings.
+
+    After :meth:`fit` (or :meth:`load`): ``X_`` (N, D) float32 L2-normalised training embeddings,
+    ``degree_`` (N,), ``pstar_`` (N, K) float32, ``probe_`` :class:`LinearProbe`, ``k_graph_`` (k of the
+    graph the degrees come from), ``kind_``, ``has_bg_``, ``class_names``.
+    """
+
+    def __init__(self, config: GLCCConfig | None = None, class_names: list[str] | None = None) -> None:
+        self.config = config or GLCCConfig()
+        self.class_names = list(class_names) if class_names is not None else None
+        self.X_: np.ndarray | None = None
+        self.degree_: np.ndarray | None = None
+        self.pstar_: np.ndarray | None = None
+        self.probe_: LinearProbe | None = None
+        self.k_graph_: int = self.config.k
+        self.kind_: str | None = None
+        self.has_bg_: bool = True
+        self.history_: list[dict] = []
+        self._index = None
+
+    # ------------------------------------------------------------------ construction
+    def _build_supervision(self, supervision, offsets, N, kw) -> Supervision:
+        if isinstance(supervision, Supervision):
+            sup = supervision
+            if sup.Pc.shape[0] != N or int(sup.offsets[-1]) != N:
+                raise InputError(f"supervision covers {sup.Pc.shape[0]} masks, embeddings {N}")
+            return sup
+        has_bg = kw.pop("has_bg", True)
+        if supervision == "full":
+            return full_supervision(_need(kw, "gt_fractions", "full"), offsets, has_bg=has_bg)
+        if supervision == "semi":
+            return semi_supervision(_need(kw, "gt_fractions", "semi"), _need(kw, "labeled_images", "semi"),
+                                    offsets, zero_shot_scores=kw.get("zero_shot_scores"),
+                                    balance=kw.get("balance", "eq"), balance_semi=kw.get("balance_semi"),
+                                    has_bg=has_bg)
+        if supervision == "weak":
+            if not has_bg:
+                raise InputError("weak supervision derives a background score; has_bg must be True")
+            logits = _need(kw, "zero_shot_logits", "weak")
+            K = kw.get("num_classes") or (len(self.class_names) if self.class_names else None)
+            if K is None:
+                raise InputError("weak supervision needs num_classes= (or class_names)")
+            return weak_supervision(logits, _need(kw, "image_labels", "weak"), offsets, K,
+                                    fg_method=kw.get("fg_method"), bg_method=kw.get("bg_method"))
+        raise InputError(f"supervision must be 'full', 'semi', 'weak' or a Supervision, got {supervision!r}")
+
+    def _rescore(self, table: np.ndarray, sup: Supervision, fg: FgMethod, alpha: float) -> np.ndarray:
+        """Re-score a (N, K) table image by image over the images' class sets (reference §5, train mode)."""
+        bg = BgMethod("alpha_bg", alpha=alpha) if sup.has_bg else BgMethod("no_bg")
+        K = sup.num_classes
+        n_fg = K - 1 if sup.has_bg else K
+        sets = [np.arange(n_fg) if s is None else s for s in sup.class_sets]
+        out = seed_table(table, sup.offsets, sets, K, fg_method=fg, bg_method=bg, with_bg_logit=sup.has_bg).scores
+        if sup.gt is not None and sup.labeled.any():
+            out[sup.labeled] = sup.gt[sup.labeled]
+        return out
+
+    def _probe_targets(self, Y: np.ndarray, sup: Supervision) -> np.ndarray:
+        t = prob2soft_label(Y, sup.cls_lb(), self.config.soft_gamma)
+        if sup.gt is not None and sup.labeled.any():
+            t[sup.labeled] = sup.gt[sup.labeled]
+        return t
+
+    def fit(
+        self,
+        embeddings: np.ndarray,
+        areas: np.ndarray | None,
+        image_ids: np.ndarray,
+        supervision: str | Supervision = "full",
+        *,
+        progress: bool = False,
+        **kw: object,
+    ) -> GLCC:
+        """Construct the classifier.
+
+        Args:
+            embeddings: (N, D) float training mask embeddings, grouped by image.
+            areas: (N,) mask areas (probe loss weights), or None.
+            image_ids: (N,) image id of each mask (each image's masks contiguous).
+            supervision: "full" (needs ``gt_fractions`` (N, K)), "semi" (``gt_fractions``,
+                ``labeled_images`` (I,) bool, optional ``zero_shot_scores`` (N, K)), "weak"
+                (``zero_shot_logits`` (N, C), ``image_labels`` per image, ``num_classes``), or a prepared
+                :class:`tusss.supervision.Supervision`. ``has_bg`` (default True) says class 0 is background.
+
+        Returns:
+            self.
+        """
+        cfg = self.config
+        X = l2_normalize(embeddings)
+        N = X.shape[0]
+        if N < 2:
+            raise InputError(f"GLCC needs at least 2 training embeddings, got {N}")
+        offsets = group_offsets(image_ids)
+        if int(offsets[-1]) != N:
+            raise InputError(f"image_ids has {int(offsets[-1])} entries, embeddings {N}")
+        if areas is not None:
+            areas = np.asarray(areas, dtype=np.float64)
+            if areas.shape != (N,):
+                raise InputError(f"areas must be ({N},), got {areas.shape}")
+            check_finite(areas, "areas")
+        sup = self._build_supervision(supervision, offsets, N, dict(kw))
+        if self.class_names is not None and len(self.class_names) != sup.num_classes:
+            raise InputError(f"{len(self.class_names)} class names but the supervision has K = {sup.num_classes}")
+        kind = sup.kind
+        rounds = cfg.rounds if cfg.rounds is not None else {"full": 1, "semi": 1, "weak": 2}[kind]
+        k_rounds = tuple(cfg.k_rounds) if cfg.k_rounds else (cfg.k,) * rounds
+        if len(k_rounds) < rounds:
+            raise InputError(f"k_rounds {k_rounds} shorter than rounds = {rounds}")
+        graphs: dict[int, KnnGraph] = {}
+        self.history_ = []
+
+        def graph(k: int) -> KnnGraph:
+            if k not in graphs:
+                t0 = time.perf_counter()
+                graphs[k] = build_graph(X, k=k, gamma=cfg.gamma, backend=cfg.knn_backend, normalized=True)
+                self.history_.append({"step": f"knn k={k}", "seconds": time.perf_counter() - t0})
+            return graphs[k]
+
+        def lp(Pc: np.ndarray, k: int) -> np.ndarray:
+            g = graph(k)
+            t0 = time.perf_counter()
+            P, info = propagate(g.S, Pc, cfg.alpha, tol=cfg.cg_tol, maxiter=cfg.cg_maxiter, backend=cfg.cg_backend)
+            self.history_.append({"step": f"lp k={k}", "seconds": time.perf_counter() - t0,
+                                  "cg_iterations": int(info.iterations.max(initial=0)),
+                                  "converged": bool(info.converged.all())})
+            # reference: LP outputs re-scored with {softmax None, norm True, bypath False, L1 True}, bg^α
+            return self._rescore(P, sup, FgMethod(softmax=None, norm=True, bypath_suppress=False, L1=True),
+                                 cfg.lp_alpha_bg)
+
+        def probe(Y: np.ndarray) -> LinearProbe:
+            t0 = time.perf_counter()
+            p = train_probe(X, Y, areas, cfg.probe, progress=progress)
+            self.history_.append({"step": "probe", "seconds": time.perf_counter() - t0})
+            return p
+
+        def probe_train_scores(p: LinearProbe) -> np.ndarray:
+            # reference: probe on the training set: softmax over {bg} ∪ image classes (bypath False), norm, bg^α
+            return self._rescore(p.logits(X), sup, FgMethod(softmax=1.0, norm=True, bypath_suppress=False),
+                                 cfg.probe_alpha_bg)
+
+        if kind == "full":
+            pr = probe(sup.Pc)  # reference: the GT fractions are the probe's soft labels as they are
+            Ystar, k_last = sup.gt, cfg.k
+            graph(k_last)
+        elif cfg.order == "lp_first":
+            Pc = sup.Pc
+            for r in range(rounds):
+                Ystar = lp(Pc, k_rounds[r])
+                pr = probe(self._probe_targets(Ystar, sup))
+                if r < rounds - 1:
+                    Pc = probe_train_scores(pr)
+            k_last = k_rounds[rounds - 1]
+        elif cfg.order == "probe_first":
+            targets = self._probe_targets(sup.Pc, sup)
+            for r in range(rounds):
+                pr0 = probe(targets)
+                Ystar = lp(probe_train_scores(pr0), k_rounds[r])
+                targets = self._probe_targets(Ystar, sup)
+            pr = pr0
+            k_last = k_rounds[rounds - 1]
+        else:
+            raise InputError(f"order must be 'lp_first' or 'probe_first', got {cfg.order!r}")
+
+        self.X_ = X
+        self.degree_ = graphs[k_last].degree
+        self.pstar_ = np.asarray(Ystar, dtype=np.float32)
+        self.probe_ = pr
+        self.k_graph_ = k_last
+        self.kind_ = kind
+        self.has_bg_ = sup.has_bg
+        self._index = None
+        return self
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def num_classes(self) -> int:
+        self._check_fitted()
+        return int(self.pstar_.shape[1])
+
+    def _check_fitted(self) -> None:
+        if self.X_ is None or self.probe_ is None:
+            raise InputError("GLCC is not fitted: call fit() or GLCC.load()")
+
+    @property
+    def combine_config(self) -> CombineConfig:
+        return self.config.combine or default_combine(self.kind_ or "full")
+
+    def predict_parts(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(M, D) -> probe scores softmax(100·cos) (M, K) and inductive bias āᵀP* (M, K), float32."""
+        self._check_fitted()
+        E = np.asarray(embeddings)
+        if E.ndim != 2 or E.shape[1] != self.X_.shape[1]:
+            raise InputError(f"embeddings must be (M, {self.X_.shape[1]}), got {E.shape}")
+        Q = l2_normalize(E) if E.shape[0] else E.astype(np.float32)
+        s_probe = self.probe_.scores(Q) if Q.shape[0] else np.zeros((0, self.num_classes), np.float32)
+        k_bar = self.config.k_bar or self.k_graph_
+        bias = inductive_bias(Q, self.X_, self.degree_, self.pstar_, k_bar, self.k_graph_, norm=self.config.a_norm,
+                              backend=self.config.knn_backend)
+        return s_probe, bias
+
+    def predict(self, embeddings: np.ndarray) -> np.ndarray:
+        """(M, D) float mask embeddings -> (M, K) float32 GLCC scores (argmax = dataset class id)."""
+        s_probe, bias = self.predict_parts(embeddings)
+        return combine_scores(s_probe, bias, self.combine_config, has_bg=self.has_bg_)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, embeddings_dtype: str = "float32") -> None:
+        """Write the classifier to the directory ``path`` (created). ``glcc.json`` is written last, so an
+        interrupted save leaves a directory that :meth:`load` refuses."""
+        self._check_fitted()
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        meta_path = d / "glcc.json"
+        if meta_path.exists():
+            meta_path.unlink()
+        arrays = {
+            "train_embeddings.npy": self.X_.astype(embeddings_dtype),
+            "degree.npy": np.asarray(self.degree_, np.float64),
+            "pstar.npy": self.pstar_.astype(np.float32),
+            "probe_weight.npy": self.probe_.weight.numpy().astype(np.float32),
+        }
+        for name, arr in arrays.items():
+            tmp = d / (name + ".tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, d / name)
+        meta = {
+            "format": "tusss-glcc", "format_version": FORMAT_VERSION, "config": self.config.to_dict(),
+            "class_names": self.class_names, "kind": self.kind_, "has_bg": self.has_bg_, "k_graph": self.k_graph_,
+            "probe_scale": self.probe_.scale, "N": int(self.X_.shape[0]), "D": int(self.X_.shape[1]),
+            "K": int(self.pstar_.shape[1]), "history": self.history_,
+        }
+        tmp = d / "glcc.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, meta_path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = False) -> GLCC:
+        """Read a classifier written by :meth:`save`. Raises CorruptFileError for a missing / incomplete /
+        corrupt directory or another format version."""
+        d = Path(path)
+        meta_path = d / "glcc.json"
+        if not d.is_dir():
+            raise CorruptFileError(f"GLCC directory {d} does not exist")
+        if not meta_path.is_file():
+            raise CorruptFileError(f"{d} is not a complete GLCC directory: glcc.json missing (interrupted save?)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise CorruptFileError(f"{meta_path} is not valid JSON: {e}") from e
+        if not isinstance(meta, dict) or meta.get("format") != "tusss-glcc":
+            raise CorruptFileError(f"{meta_path} is not a tusss GLCC file")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CorruptFileError(f"{meta_path} has format_version {meta.get('format_version')!r}; this tusss reads "
+                                   f"version {FORMAT_VERSION}: refit the classifier")
+        arrs = {}
+        for name in _FILES:
+            p = d / name
+            if not p.is_file():
+                raise CorruptFileError(f"{p} missing: incomplete GLCC directory")
+            try:
+                arrs[name] = np.load(p, mmap_mode="r" if mmap and name == "train_embeddings.npy" else None,
+                                     allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise CorruptFileError(f"{p} is corrupt: {e}") from e
+        try:
+            N, D, K = int(meta["N"]), int(meta["D"]), int(meta["K"])
+            cfg = GLCCConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptFileError(f"{meta_path} lacks or garbles a field: {e}") from e
+        shapes = {"train_embeddings.npy": (N, D), "degree.npy": (N,), "pstar.npy": (N, K),
+                  "probe_weight.npy": (K, D)}
+        for name, shp in shapes.items():
+            if arrs[name].shape != shp:
+                raise CorruptFileError(f"{d / name} has shape {arrs[name].shape}, glcc.json says {shp}")
+        m = cls(cfg, meta.get("class_names"))
+        X = arrs["train_embeddings.npy"]
+        m.X_ = X if (mmap and X.dtype == np.float32) else np.ascontiguousarray(X, dtype=np.float32)
+        m.degree_ = arrs["degree.npy"]
+        m.pstar_ = arrs["pstar.npy"].astype(np.float32)
+        m.probe_ = LinearProbe(arrs["probe_weight.npy"], scale=float(meta.get("probe_scale", 100.0)))
+        m.k_graph_ = int(meta["k_graph"])
+        m.kind_ = meta.get("kind")
+        m.has_bg_ = bool(meta.get("has_bg", True))
+        m.history_ = meta.get("history", [])
+        return m
+
+
+def _need(kw: dict, key: str, kind: str):
+    if kw.get(key) is None:
+        raise InputError(f"{kind} supervision needs {key}=")
+    return kw[key]

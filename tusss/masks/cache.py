@@ -1,0 +1,291 @@
+"""On-disk mask cache: one compressed ``.npz`` per image, keyed by the generator's config hash.
+
+Layout: ``<root>/<id component>/.../<last component>.npz``; each file holds ``MaskSet.to_dict()`` plus
+``__config_hash__``, ``__tusss_version__``, ``__image_id__`` and ``__format__``. Image ids may contain
+``/`` (e.g. Cityscapes ``city/name``): every component is percent-encoded (``%``, path separators,
+control characters, a leading ``.`` ...), so any id maps to one file inside ``root`` and back.
+Writes go to a hidden temporary file in the same folder and are moved in place with ``os.replace``;
+an interrupted run leaves either no file or the previous one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from tusss.errors import CorruptFileError, InputError
+from tusss.masks.maskset import MaskSet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tusss.masks.generator import MaskGenerator
+
+CACHE_FORMAT = 1
+_SUFFIX = ".npz"
+_META = ("__config_hash__", "__tusss_version__", "__image_id__", "__format__")
+_SAFE = "-_.,=+@~()[]{}!$&'"  # left as is in file names (plus ASCII letters and digits)
+
+
+class CacheMismatchError(InputError):
+    """A cache file was written with another mask configuration / model than the one in use."""
+
+
+def _tusss_version() -> str:
+    import tusss
+
+    return str(tusss.__version__)
+
+
+def _encode_component(c: str) -> str:
+    e = quote(c, safe=_SAFE)
+    if e.startswith("."):  # no hidden files, no '.' / '..' traversal; temp files start with '.'
+        e = "%2E" + e[1:]
+    return e
+
+
+class MaskCache:
+    """Directory of MaskSets, one file per image id, all made with one config hash.
+
+    Args:
+        root: cache directory (created on first write).
+        config_hash: :attr:`MaskGenerator.config_hash` of the generator whose masks are stored.
+        overwrite: if True, files written with another config hash are treated as missing (and replaced
+            by :meth:`put`) instead of raising :class:`CacheMismatchError`.
+    """
+
+    def __init__(self, root: str | os.PathLike, config_hash: str, overwrite: bool = False) -> None:
+        if not isinstance(config_hash, str) or not config_hash:
+            raise InputError(f"config_hash must be a non-empty string, got {config_hash!r}")
+        self.root = Path(root).expanduser()
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"mask cache root {self.root} exists and is not a directory")
+        self.config_hash = config_hash
+        self.overwrite = overwrite
+
+    @classmethod
+    def for_generator(cls, root: str | os.PathLike, generator: MaskGenerator, overwrite: bool = False) -> MaskCache:
+        """A cache keyed by ``generator.config_hash``."""
+        return cls(root, generator.config_hash, overwrite=overwrite)
+
+    # ------------------------------------------------------------------ paths
+    def path(self, image_id: str) -> Path:
+        """File that stores ``image_id`` (``/`` in the id gives sub-folders)."""
+        if not isinstance(image_id, str) or not image_id:
+            raise InputError(f"image id must be a non-empty string, got {image_id!r}")
+        parts = image_id.split("/")
+        if any(p == "" for p in parts):
+            raise InputError(f"image id {image_id!r} has an empty path component (leading, trailing or '//')")
+        enc = [_encode_component(p) for p in parts]
+        enc[-1] += _SUFFIX
+        return self.root.joinpath(*enc)
+
+    def ids(self) -> list[str]:
+        """Sorted ids of all files in the cache (whatever their config hash)."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root).parts
+            for f in filenames:
+                if f.startswith(".") or not f.endswith(_SUFFIX):
+                    continue
+                comps = [*rel, f[: -len(_SUFFIX)]]
+                out.append("/".join(unquote(c) for c in comps))
+        return sorted(out)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    # ------------------------------------------------------------------ read
+    def _open(self, path: Path) -> Any:
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise CorruptFileError(
+                f"mask cache file {path} is unreadable ({type(e).__name__}: {e}); delete it to regenerate it"
+            ) from e
+
+    def _check_hash(self, path: Path, npz: Any) -> bool:
+        """True if the file matches; False if it does not and overwrite is on; raise otherwise."""
+        try:
+            h = str(npz["__config_hash__"])
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+            raise CorruptFileError(
+                f"mask cache file {path} has no readable config hash ({type(e).__name__}: {e}); "
+                "delete it to regenerate it"
+            ) from e
+        if h == self.config_hash:
+            return True
+        if self.overwrite:
+            return False
+        raise CacheMismatchError(
+            f"mask cache file {path} was written with config hash {h[:12]}... but the generator in use has "
+            f"{self.config_hash[:12]}... (other MaskGenConfig, model type or weights). Use another cache "
+            "directory for this configuration, or pass overwrite=True to regenerate and replace such files."
+        )
+
+    def __contains__(self, image_id: object) -> bool:
+        """True iff a file for ``image_id`` exists with this config hash (mismatch raises unless overwrite)."""
+        if not isinstance(image_id, str):
+            return False
+        p = self.path(image_id)
+        if not p.is_file():
+            return False
+        with self._open(p) as npz:
+            return self._check_hash(p, npz)
+
+    def get(self, image_id: str) -> MaskSet | None:
+        """The stored MaskSet, or None if absent (or, with overwrite, made with another config).
+
+        Raises:
+            CacheMismatchError: file made with another config hash (and ``overwrite`` is False).
+            CorruptFileError: file truncated / unreadable / missing arrays.
+        """
+        p = self.path(image_id)
+        if not p.is_file():
+            return None
+        with self._open(p) as npz:
+            if not self._check_hash(p, npz):
+                return None
+            try:
+                d = {k: npz[k] for k in npz.files if k not in _META}
+                return MaskSet.from_dict(d)
+            except Exception as e:  # truncated member, bad CRC, missing key, inconsistent shapes
+                raise CorruptFileError(
+                    f"mask cache file {p} is corrupt ({type(e).__name__}: {e}); delete it to regenerate it"
+                ) from e
+
+    # ------------------------------------------------------------------ write
+    def put(self, image_id: str, maskset: MaskSet) -> Path:
+        """Store ``maskset`` for ``image_id`` atomically (temp file + ``os.replace``); returns the path.
+
+        An existing file with this config hash is replaced; one with another hash raises
+        :class:`CacheMismatchError` unless ``overwrite``.
+        """
+        if not isinstance(maskset, MaskSet):
+            raise InputError(f"put: expected a MaskSet for {image_id!r}, got {type(maskset)}")
+        p = self.path(image_id)
+        if p.is_file() and not self.overwrite:
+            try:
+                with self._open(p) as npz:
+                    self._check_hash(p, npz)
+            except CorruptFileError:
+                pass  # a corrupt file may be replaced
+        p.parent.mkdir(parents=True, exist_ok=True)
+        arrays = dict(maskset.to_dict())
+        arrays["__config_hash__"] = np.array(self.config_hash)
+        arrays["__tusss_version__"] = np.array(_tusss_version())
+        arrays["__image_id__"] = np.array(image_id)
+        arrays["__format__"] = np.array(CACHE_FORMAT, np.int64)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix="." + p.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return p
+
+
+ImageSource = np.ndarray | str | os.PathLike | Callable[[], np.ndarray]
+
+
+def load_image(source: ImageSource, image_id: str = "") -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an array, a callable returning one, or an image file path.
+
+    Raises:
+        InputError: unreadable / missing file (message names it) or a bad array.
+    """
+    from tusss.validate import check_image
+
+    name = f"image {image_id!r}" if image_id else "image"
+    if isinstance(source, (str, os.PathLike)):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(source) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise InputError(f"cannot read {name} from file {os.fspath(source)}: {type(e).__name__}: {e}") from e
+        return check_image(arr, name)
+    if callable(source):
+        return check_image(source(), name)
+    return check_image(source, name)
+
+
+def cache_masks(
+    generator: MaskGenerator,
+    items: Iterable[tuple[str, ImageSource]],
+    cache: MaskCache,
+    progress: bool = True,
+    on_error: str = "raise",
+) -> dict[str, Any]:
+    """Generate and store the masks of every image not yet in ``cache`` (resumable).
+
+    Args:
+        generator: the mask generator; its ``config_hash`` must equal ``cache.config_hash``.
+        items: ``(image_id, source)`` pairs; source = (H, W, 3) uint8 array, a zero-argument callable that
+            returns one (loaded only when needed), or an image file path.
+        cache: destination :class:`MaskCache`.
+        progress: show a tqdm bar.
+        on_error: ``"raise"`` (default: stop at the first unreadable image, naming it) or ``"collect"``
+            (go on; failures are returned and reported with a warning).
+
+    Returns:
+        ``{"generated": [ids], "skipped": [ids already cached], "failed": {id: message}}``.
+    """
+    if on_error not in ("raise", "collect"):
+        raise InputError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
+    if generator.config_hash != cache.config_hash:
+        raise CacheMismatchError(
+            f"cache {cache.root} is keyed by config hash {cache.config_hash[:12]}... but the generator's is "
+            f"{generator.config_hash[:12]}...; build it with MaskCache.for_generator(root, generator)"
+        )
+    from tqdm.auto import tqdm
+
+    try:
+        total = len(items)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    out: dict[str, Any] = {"generated": [], "skipped": [], "failed": {}}
+    bar = tqdm(items, total=total, disable=not progress, desc="SAM masks", unit="img")
+    for image_id, source in bar:
+        if image_id in cache:
+            out["skipped"].append(image_id)
+            continue
+        try:
+            image = load_image(source, image_id)
+        except InputError as e:
+            if on_error == "raise":
+                raise
+            out["failed"][image_id] = str(e)
+            bar.set_postfix(failed=len(out["failed"]))
+            continue
+        cache.put(image_id, generator.generate(image))
+        out["generated"].append(image_id)
+    bar.close()
+    if out["failed"]:
+        first = next(iter(out["failed"].items()))
+        warnings.warn(
+            f"cache_masks: {len(out['failed'])} image(s) could not be read and have no masks, e.g. "
+            f"{first[0]!r}: {first[1]}",
+            stacklevel=2,
+        )
+    return out
