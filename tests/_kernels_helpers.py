@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -34,6 +35,18 @@ def run_in_interpreter(jobs: list[dict[str, Any]], timeout: float = 300.0) -> li
         if proc.returncode != 0:
             raise RuntimeError(f"interpreter worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return torch.load(dst, weights_only=False)
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run torch on one thread: on the shared 2-core test machine, OpenMP oversubscription made the small
+    reference computations of these tests up to 70x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def random_pixel_masks(n: int, h: int, w: int, gen: torch.Generator, *, tiny: int = 0) -> torch.Tensor:

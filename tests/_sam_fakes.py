@@ -62,6 +62,10 @@ def region_amp(level: int, value: float) -> float:
     return float((1.2, 3.0, 6.0, 30.0)[int(_frac(value * 0.71 + level * 5.0) * 4) % 4])
 
 
+IOU_LUT = torch.tensor([[region_iou(lv, v) for v in range(256)] for lv in range(3)], dtype=torch.float32)
+AMP_LUT = torch.tensor([[region_amp(lv, v) for v in range(256)] for lv in range(3)], dtype=torch.float32)
+
+
 class FakeImageEncoder(nn.Module):
     """Returns the (normalised, padded) input image itself as the "embedding"."""
 
@@ -112,16 +116,14 @@ class FakeMaskDecoder(nn.Module):
         ious = torch.empty(B, 3)
         cx = coords[:, 0].numpy()
         cy = coords[:, 1].numpy()
-        jitter = 0.004 * _frac(cx * 0.618 + cy * 0.382 + 0.5)
+        jitter = torch.tensor(0.004 * _frac(cx * 0.618 + cy * 0.382 + 0.5), dtype=torch.float32)
         for lvl, ch in enumerate(LEVEL_CHANNEL):
             v = vals[:, ch]  # (B,)
             inside = (low[ch][None] - v[:, None, None]).abs() <= TOL
-            vnp = v.numpy()
-            amp = torch.tensor([region_amp(lvl, a) for a in vnp], dtype=torch.float32)
+            vi = v.long().clamp(0, 255)
+            amp = AMP_LUT[lvl][vi]
             logits[:, lvl] = torch.where(inside, amp[:, None, None], -amp[:, None, None])
-            ious[:, lvl] = torch.tensor([region_iou(lvl, a) for a in vnp], dtype=torch.float32) + torch.tensor(
-                jitter, dtype=torch.float32
-            )
+            ious[:, lvl] = IOU_LUT[lvl][vi] + jitter
         return logits, ious
 
 

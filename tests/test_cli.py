@@ -81,6 +81,10 @@ def test_masks_command_matches_generator_and_resumes(voc_run, capsys):
         np.testing.assert_array_equal(got.level, want.level)
     rc = main(["masks", *voc_run["ds_args"], "--cache-dir", str(voc_run["cache"]), *_sam_args()])
     assert rc == 0 and "0 generated, 2 already cached" in capsys.readouterr().out
+    # another mask configuration into the same cache is refused before any work
+    rc = main(["masks", *voc_run["ds_args"], "--cache-dir", str(voc_run["cache"]), *_sam_args(),
+               "--sam-opt", "points_per_side=2"])  # fmt: skip
+    assert rc == 1 and "another configuration" in capsys.readouterr().err
 
 
 def test_segment_outputs_match_library(voc_run):
@@ -181,7 +185,26 @@ def test_cli_bad_inputs(tmp_path, capsys):
     assert rc == 1 and "no_cs" in capsys.readouterr().err
     rc = main(["segment", str(tmp_path / "missing.png"), "--classes", "a", "--out", str(tmp_path / "o")])
     assert rc == 1 and "missing.png" in capsys.readouterr().err
+    # masks --keep-going: unreadable images are reported, the run goes on and exits 1
+    (tmp_path / "imgs").mkdir()
+    shutil.copy(bad, tmp_path / "imgs" / "broken.png")
+    rc = main(["masks", str(tmp_path / "imgs"), "--cache-dir", str(tmp_path / "c2"), "--keep-going", *_sam_args()])
+    cap = capsys.readouterr()
+    assert rc == 1 and "1 failed" in cap.out and "broken.png" in cap.err
     with pytest.raises(SystemExit) as e:
         main(["frobnicate"])
     assert e.value.code == 2
     assert "segment" in build_parser().format_help()
+
+
+def test_console_script_entry_point():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("tusss")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tusss.cli"]
+    r = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("tusss ")
+    r = subprocess.run([*cmd, "eval", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--mask-cache" in r.stdout

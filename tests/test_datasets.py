@@ -41,6 +41,7 @@ def test_voc_reads_images_labels_and_classes(voc):
             np.testing.assert_array_equal(img, _pil_rgb(root / "JPEGImages" / f"{i}.jpg"))
             np.testing.assert_array_equal(ds.label(i), truth["val"][i][1])
             assert ds.image_classes(i).tolist() == _naive_classes(truth["val"][i][1], 21, True)
+            assert (ds.image_classes(i, fg_index=True) + 1).tolist() == ds.image_classes(i).tolist()
         m = ds.image_class_matrix()
         assert m.shape == (2, 21) and not m[:, 0].any()
 
@@ -65,6 +66,7 @@ def test_voc20_maps_background_to_ignore_and_shifts(voc):
         want = np.where((raw == 0) | (raw == 255), 255, raw.astype(int) - 1).astype(np.uint8)
         np.testing.assert_array_equal(ds.label(i), want)
         assert ds.image_classes(i).tolist() == sorted({int(c) - 1 for c in raw.ravel() if 0 < c < 255})
+        assert ds.image_classes(i, fg_index=True).tolist() == ds.image_classes(i).tolist()
 
 
 def test_coco_object_and_stuff(tmp_path):

@@ -9,8 +9,14 @@ import pytest
 import torch
 from tusss.kernels import mask_bitsets, masked_dual_attention, resolve_backend, unpack_bitsets
 
-from tests._kernels_helpers import random_token_masks, rel_err, run_in_interpreter
+from tests._kernels_helpers import random_token_masks, rel_err, run_in_interpreter, single_thread
 from tusss.errors import InputError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
 
 
 def naive_dual_attention(q, k, v, token_masks, bias_value=-4.0, cls_visible=True, scale=None, mode="sum"):

@@ -9,25 +9,33 @@ import pytest
 import torch
 from tusss.kernels import pack_token_masks, paper_attention, unpack_paper
 
-from tests._kernels_helpers import random_token_masks, rel_err, run_in_interpreter
+from tests._kernels_helpers import random_token_masks, rel_err, run_in_interpreter, single_thread
 from tusss.errors import InputError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
 
 
 def naive_paper_attention(q, k, v, token_masks, cls_visible=True, mode="sum", c=1e4):
     """For every mask separately: Bias = −c·(1 − B), B = m̂m̂ᵀ ∨ I (+ CLS row/column), two softmaxes."""
     b, _, L, hd = q.shape
     s = hd**-0.5
+    lq = s * q @ q.transpose(-1, -2)  # the logits do not depend on the mask
+    lk = s * k @ k.transpose(-1, -2)
+    eye = torch.eye(L, dtype=torch.bool)
     outs = []
     for j in range(token_masks.shape[1]):
-        mm = torch.zeros(b, L)
-        mm[:, 1:] = token_masks[:, j].float()
-        B = torch.maximum(mm[:, :, None] * mm[:, None, :], torch.eye(L))
+        mm = torch.zeros(b, L, dtype=torch.bool)
+        mm[:, 1:] = token_masks[:, j]
+        B = (mm[:, :, None] & mm[:, None, :]) | eye
         if cls_visible:
-            B[:, 0, :] = 1
-            B[:, :, 0] = 1
-        bias = (-c * (1 - B))[:, None]
-        a = torch.softmax(s * q @ q.transpose(-1, -2) + bias, -1)
-        a = a + torch.softmax(s * k @ k.transpose(-1, -2) + bias, -1)
+            B[:, 0, :] = True
+            B[:, :, 0] = True
+        bias = (-c * (~B).float())[:, None]
+        a = torch.softmax(lq + bias, -1) + torch.softmax(lk + bias, -1)
         outs.append(a @ v * (0.5 if mode == "mean" else 1.0))
     return torch.stack(outs, 1)
 
@@ -68,7 +76,7 @@ def test_pack_token_masks():
         pack_token_masks(torch.zeros(2, 3, 5))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(case):
     q, k, v, tm = _inputs(case)
     *_, cls_visible, mode = case

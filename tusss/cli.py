@@ -125,7 +125,22 @@ def _build_generator(args: argparse.Namespace):
                                          device=args.device, **_parse_opts(args.sam_opt, "--sam-opt"))  # fmt: skip
 
 
+def _check_manifest(root: Path, gen: Any, overwrite: bool = False) -> None:
+    """Refuse a mask cache whose manifest names another mask configuration (unless ``overwrite``)."""
+    p = root / MANIFEST
+    if overwrite or not p.is_file():
+        return
+    try:
+        old = json.loads(p.read_text()).get("config_hash")
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"mask cache manifest {str(p)!r} is unreadable: {e}") from e
+    if old != gen.config_hash:
+        raise InputError(f"mask cache {str(root)!r} holds masks of another configuration (hash {str(old)[:12]}..., "
+                         f"this run {gen.config_hash[:12]}...); use another --cache-dir or --overwrite")  # fmt: skip
+
+
 def _write_manifest(root: Path, gen: Any) -> None:
+    """Record the mask configuration of a cache (``tusss eval`` opens the cache with it, without SAM)."""
     root.mkdir(parents=True, exist_ok=True)
     man = {"config_hash": gen.config_hash, "model_type": gen.model_type, "weights_id": gen.weights_id,
            "config": gen.config.to_dict()}  # fmt: skip
@@ -181,7 +196,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
     src = _Source(args)
     gen = _build_generator(args)
     cache = MaskCache.for_generator(args.cache_dir, gen, overwrite=args.overwrite)
-    _write_manifest(Path(args.cache_dir), gen)
+    _check_manifest(Path(args.cache_dir), gen, args.overwrite)
 
     def loader(i: str):
         def load() -> np.ndarray:
@@ -192,8 +207,11 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
         return load
 
-    res = cache_masks(gen, [(i, loader(i)) for i in src.ids], cache, progress=not args.no_progress,
-                      on_error="collect" if args.keep_going else "raise")  # fmt: skip
+    with warnings.catch_warnings():  # failures are listed below
+        warnings.filterwarnings("ignore", message="cache_masks: ")
+        res = cache_masks(gen, [(i, loader(i)) for i in src.ids], cache, progress=not args.no_progress,
+                          on_error="collect" if args.keep_going else "raise")  # fmt: skip
+    _write_manifest(Path(args.cache_dir), gen)
     print(f"masks: {len(res['generated'])} generated, {len(res['skipped'])} already cached, "
           f"{len(res['failed'])} failed -> {args.cache_dir}")  # fmt: skip
     for i, msg in res["failed"].items():
@@ -241,7 +259,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     cache = None
     if args.mask_cache:
         cache = MaskCache.for_generator(args.mask_cache, gen)
-        _write_manifest(Path(args.mask_cache), gen)
+        _check_manifest(Path(args.mask_cache), gen)
     n_done = n_skip = 0
     for i in _progress(src.ids, len(src.ids), "segment", not args.no_progress):
         lab_p, ov_p, js_p = out / "labels" / f"{i}.png", out / "overlays" / f"{i}.png", out / "masks" / f"{i}.json"
@@ -269,6 +287,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         js_p.parent.mkdir(parents=True, exist_ok=True)
         js_p.write_text(json.dumps(js))
         n_done += 1
+    if cache is not None:
+        _write_manifest(Path(args.mask_cache), gen)
     print(f"segment: {n_done} image(s) written, {n_skip} skipped -> {out}")
     return 0
 

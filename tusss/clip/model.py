@@ -4,6 +4,7 @@ reference §2-4)."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +48,16 @@ def _load_checkpoint_file(model_name: str, path: Path, device: str, quick_gelu: 
     """Load an OpenAI JIT archive / state dict, or an open_clip state dict, into a fresh model."""
     try:
         try:
-            torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.jit.load(str(path), map_location="cpu")
             is_jit = True
         except Exception:
             is_jit = False
         if is_jit:
-            return open_clip.load_openai_model(str(path), precision="fp32", device=device)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return open_clip.load_openai_model(str(path), precision="fp32", device=device)
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu, device=device)
         open_clip.load_checkpoint(model, str(path), strict=True)
         return model

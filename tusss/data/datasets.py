@@ -197,20 +197,23 @@ class SegDataset:
     def _convert_label(self, raw: np.ndarray) -> np.ndarray:
         return raw
 
-    def image_classes(self, img_id: str) -> np.ndarray | None:
+    def image_classes(self, img_id: str, fg_index: bool = False) -> np.ndarray | None:
         """Image-level labels: sorted ``int64`` class ids present in the GT (255 ignored), without the
-        background class 0 when the dataset has one. None when the split has no labels."""
-        if img_id in self._cls_cache:
-            return self._cls_cache[img_id].copy()
-        lab = self.label(img_id)
-        if lab is None:
-            return None
-        present = np.flatnonzero(np.bincount(lab.reshape(-1), minlength=256)[: self.num_classes])
-        if self.has_background:
-            present = present[present != 0]
-        present = present.astype(np.int64)
-        self._cls_cache[img_id] = present
-        return present.copy()
+        background class 0 when the dataset has one. None when the split has no labels.
+
+        ``fg_index=True`` returns foreground indices instead (class id - 1 when the dataset has a background
+        class), the ``fg_cls`` argument of :func:`tusss.scoring.seed_on_logits`.
+        """
+        if img_id not in self._cls_cache:
+            lab = self.label(img_id)
+            if lab is None:
+                return None
+            present = np.flatnonzero(np.bincount(lab.reshape(-1), minlength=256)[: self.num_classes])
+            if self.has_background:
+                present = present[present != 0]
+            self._cls_cache[img_id] = present.astype(np.int64)
+        out = self._cls_cache[img_id].copy()
+        return out - 1 if fg_index and self.has_background else out
 
     def image_class_matrix(self) -> np.ndarray:
         """``(N, K) bool`` image-level label matrix over :attr:`ids` (reads every label once)."""

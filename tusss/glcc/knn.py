@@ -44,10 +44,14 @@ def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
 
 def _torch_search(q: np.ndarray, base: np.ndarray, k: int, budget_bytes: int, device: str | None
                   ) -> tuple[np.ndarray, np.ndarray]:
+    import warnings
+
     import torch
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    B = torch.from_numpy(base).to(dev)
+    with warnings.catch_warnings():  # read-only memmaps are fine: nothing writes to B
+        warnings.simplefilter("ignore", UserWarning)
+        B = torch.from_numpy(base).to(dev)
     N = base.shape[0]
     chunk = max(1, min(q.shape[0], budget_bytes // (4 * max(N, 1))))
     sims = np.empty((q.shape[0], k), np.float32)

@@ -206,6 +206,8 @@ class GLCC:
                 raise InputError(f"areas must be ({N},), got {areas.shape}")
             check_finite(areas, "areas")
         sup = self._build_supervision(supervision, offsets, N, dict(kw))
+        if sup.Pc.shape[0] != N or (sup.gt is not None and sup.gt.shape[0] != N):
+            raise InputError(f"the supervision tables have {sup.Pc.shape[0]} rows but there are N = {N} embeddings")
         if self.class_names is not None and len(self.class_names) != sup.num_classes:
             raise InputError(f"{len(self.class_names)} class names but the supervision has K = {sup.num_classes}")
         kind = sup.kind

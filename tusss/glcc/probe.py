@@ -40,6 +40,7 @@ class ProbeConfig:
     batch_size: int = 512
     scale: float = 100.0
     seed: int = 0
+    cpu_threads: int | None = 1  # torch threads while training on CPU (tiny matmuls: 1 avoids spin-waits)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,6 +141,17 @@ def train_probe(
     bs = min(cfg.batch_size, N)  # drop_last with N < batch would give no batch at all
     n_batches = N // bs
     warm = cfg.iters // 10 if cfg.warmup_iters is None else cfg.warmup_iters
+    old_threads = torch.get_num_threads()
+    if dev.type == "cpu" and cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _train_loop(Xn, T, A, W, opt, g, cfg, warm, bs, n_batches, N, dev, progress)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train_loop(Xn, T, A, W, opt, g, cfg: ProbeConfig, warm: int, bs: int, n_batches: int, N: int, dev,
+                progress: bool) -> LinearProbe:
     it = 0
     perm = None
     pos = n_batches

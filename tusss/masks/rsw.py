@@ -71,7 +71,7 @@ def rock_sand_water(
         raise InputError(f"rock_sand_water: levels must be 0, 1 or 2, got {np.unique(lv).tolist()}")
     if not np.isfinite(thresh):
         raise InputError(f"rock_sand_water: thresh must be finite, got {thresh}")
-    flat = m.reshape(m.shape[0], -1)
+    flat = m.reshape(m.shape[0], m.shape[1] * m.shape[2])
 
     container = np.flatnonzero(lv == 2)
     for lvl in (1, 0):
@@ -81,9 +81,9 @@ def rock_sand_water(
         if container.size == 0:  # nothing to compare with: all candidates join (TUSS behaviour)
             container = cand
             continue
-        ci = torch.as_tensor(cand, device=flat.device)
-        inter = intersection_areas(flat[ci], flat[torch.as_tensor(container, device=flat.device)], chunk_size)
-        area = flat[ci].sum(1, dtype=torch.int64).to(torch.float32)
+        cm = flat[torch.as_tensor(cand, device=flat.device)]
+        inter = intersection_areas(cm, flat[torch.as_tensor(container, device=flat.device)], chunk_size)
+        area = cm.sum(1, dtype=torch.int64).to(torch.float32)
         # float32 recall compared in float32, as TUSS does; NaN (empty candidate) propagates through amax
         recall = inter / area[:, None]  # (Nc, Ncontainer)
         keep = (recall.amax(1) < thresh).cpu().numpy()  # NaN -> False

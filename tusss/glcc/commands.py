@@ -1,0 +1,265 @@
+"""``tusss embed | fit | predict | pseudo-label``: thin CLI glue around the store and :class:`GLCC`.
+
+::
+
+    tusss embed --dataset voc --root DIR --split train_aug --mask-cache MASKS --out STORE
+                [--clip ViT-B-16 --weights openai --clip-preset reference --dtype float16 --shard-size 65536]
+    tusss fit   --store STORE --supervision full|semi|weak --out MODEL
+                [--labeled-ids FILE]                      (semi: ids of the labelled images)
+                [--vocabulary voc --weights openai]       (weak: zero-shot scores with dustbin bg names)
+                [--k 50 --alpha 0.9 --rounds R --k-bar K --probe-iters 10000 --knn-backend torch]
+    tusss predict      --model MODEL --store VAL_STORE --mask-cache MASKS --out DIR
+    tusss pseudo-label --model MODEL --store TRAIN_STORE --mask-cache MASKS --out DIR [--no-restrict]
+
+``predict`` writes ``DIR/labels/{id}.png`` and ``DIR/masks/{id}.json`` (the layout ``tusss eval`` reads);
+``pseudo-label`` writes the training-set pseudo-masks ``DIR/SegmentationClassAug/{id}.png`` (VOC layout),
+restricted to each image's GT image-level classes when the store has GT (weak/semi training sets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tusss.errors import InputError
+
+__all__ = ["register"]
+
+
+def _parse_opts(pairs, what: str) -> dict:
+    from tusss.cli import _parse_opts as parse
+
+    return parse(pairs, what)
+
+
+def _progress(it, total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, unit="img", disable=not enabled)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import torch
+
+    from tusss.cli import open_mask_cache
+    from tusss.clip.model import DBAClip
+    from tusss.data.datasets import get_dataset
+    from tusss.data.store import StoreWriter, gt_class_fractions
+
+    ds = get_dataset(args.dataset, args.root, args.split, ids_file=args.ids_file)
+    ids = list(ds.ids[: args.limit] if args.limit else ds.ids)
+    if not ids:
+        raise InputError(f"{args.dataset} split {args.split!r} has no images")
+    cache = open_mask_cache(args.mask_cache)
+    has_gt = not args.no_gt and ds.label(ids[0]) is not None
+    torch.manual_seed(args.seed)
+    opts = _parse_opts(args.clip_opt, "--clip-opt")
+    clip = DBAClip.from_pretrained(args.clip, weights=None if args.weights == "random" else args.weights,
+                                   preset=args.clip_preset, device=args.device, **opts)
+    meta = {"dataset": args.dataset, "split": args.split, "clip": args.clip, "weights": args.weights,
+            "clip_preset": args.clip_preset, "clip_opt": args.clip_opt or [], "mask_config_hash": cache.config_hash,
+            "class_names": list(ds.class_names), "has_background": bool(ds.has_background)}
+    w = StoreWriter(args.out, clip.model.visual.output_dim, dtype=args.dtype,
+                    num_classes=ds.num_classes if has_gt else None, shard_size=args.shard_size, meta=meta)
+    done = w.done()
+    n_new = 0
+    for i in _progress(ids, len(ids), "embed", not args.no_progress):
+        if i in done:
+            continue
+        ms = cache.get(i)
+        if ms is None:
+            raise InputError(f"mask cache {args.mask_cache} has no masks for {i!r}: run `tusss masks` first")
+        keep = np.flatnonzero(ms.masks.reshape(len(ms), -1).any(1)) if len(ms) else np.zeros(0, np.int64)
+        ms = ms.subset(keep)
+        image = ds.image(i)
+        emb = clip.embed_masks(image, ms.masks) if len(ms) else np.zeros((0, w.dim), np.float32)
+        gt = gt_class_fractions(ms.masks, ds.label(i), ds.num_classes) if has_gt else None
+        w.add(i, emb, area=ms.area, level=ms.level, gt_fractions=gt, mask_index=keep)
+        n_new += 1
+    w.close()
+    print(f"embed: {n_new} image(s) embedded, {len(done)} already stored -> {args.out}")
+    return 0
+
+
+def _load_store(path: str):
+    from tusss.data.store import EmbeddingStore
+
+    st = EmbeddingStore(path)
+    return st, st.embeddings(np.float32), st.metadata()
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from tusss.glcc.model import GLCC, GLCCConfig
+    from tusss.glcc.probe import ProbeConfig
+    from tusss.supervision import group_offsets
+
+    st, X, meta = _load_store(args.store)
+    info = st.index.get("meta", {})
+    has_bg = bool(info.get("has_background", True))
+    if st.num_classes is None:
+        raise InputError(f"store {args.store} has no GT fractions: fit needs GT (full/semi) or GT image labels (weak)")
+    off = group_offsets(meta.image_id)
+    img_ids = [str(meta.image_id[a]) for a in off[:-1]]
+    cfg = GLCCConfig(k=args.k, alpha=args.alpha, rounds=args.rounds, k_bar=args.k_bar, knn_backend=args.knn_backend,
+                     probe=ProbeConfig(iters=args.probe_iters))
+    kw: dict = {"has_bg": has_bg}
+    if args.supervision in ("full", "semi"):
+        kw["gt_fractions"] = meta.gt_frac
+    if args.supervision == "semi":
+        if not args.labeled_ids:
+            raise InputError("--supervision semi needs --labeled-ids FILE")
+        from tusss.data.datasets import read_ids_file
+
+        lab = set(read_ids_file(args.labeled_ids))
+        kw["labeled_images"] = np.array([i in lab for i in img_ids])
+    if args.supervision == "weak":
+        import torch
+
+        from tusss.clip.model import DBAClip
+        from tusss.pipeline import resolve_class_set
+
+        cs = resolve_class_set(vocabulary=args.vocabulary)
+        if cs.bg_mode != "dustbin":
+            raise InputError(f"weak supervision needs a vocabulary with background dustbin names (e.g. voc, "
+                             f"coco-object), {args.vocabulary!r} has bg_mode {cs.bg_mode!r}")
+        torch.manual_seed(args.seed)
+        clip = DBAClip.from_pretrained(info.get("clip", "ViT-B-16"),
+                                       weights=None if args.weights == "random" else args.weights,
+                                       preset=info.get("clip_preset", "reference"), device=args.device,
+                                       **_parse_opts(info.get("clip_opt"), "--clip-opt"))
+        text = clip.encode_text(list(cs.names), cs.templates)
+        kw["zero_shot_logits"] = clip.logits(X, text)
+        kw["image_labels"] = [np.flatnonzero((meta.gt_frac[a:b, 1:] > 0).any(0)) for a, b in zip(off[:-1], off[1:])]
+        kw["num_classes"] = st.num_classes
+    m = GLCC(cfg, class_names=info.get("class_names"))
+    m.fit(X, meta.area, meta.image_id, args.supervision, progress=not args.no_progress, **kw)
+    m.save(args.out)
+    print(f"fit: GLCC ({args.supervision}) on {len(X)} masks of {len(img_ids)} images -> {args.out}")
+    for h in m.history_:
+        print("  " + json.dumps(h))
+    return 0
+
+
+def _scores_per_image(args: argparse.Namespace):
+    from tusss.glcc.model import GLCC
+    from tusss.supervision import group_offsets
+
+    m = GLCC.load(args.model)
+    st, X, meta = _load_store(args.store)
+    scores = np.zeros((len(X), m.num_classes), np.float32)
+    for a in range(0, len(X), 65536):
+        scores[a:a + 65536] = m.predict(X[a:a + 65536])
+    return m, st, meta, scores, group_offsets(meta.image_id)
+
+
+def _paint(cache, img_id: str, mask_index: np.ndarray, labels: np.ndarray, conf: np.ndarray):
+    from tusss.labels import paint_labels
+
+    ms = cache.get(img_id)
+    if ms is None:
+        raise InputError(f"mask cache has no masks for {img_id!r}")
+    ms = ms.subset(mask_index)
+    return paint_labels(ms.masks, labels, ms.level, conf, fill=0)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tusss.cli import open_mask_cache
+    from tusss.io import write_label_png
+
+    m, st, meta, scores, off = _scores_per_image(args)
+    cache = open_mask_cache(args.mask_cache)
+    out = Path(args.out)
+    n = len(off) - 1
+    for j in _progress(range(n), n, "predict", not args.no_progress):
+        a, b = int(off[j]), int(off[j + 1])
+        i = str(meta.image_id[a])
+        s = scores[a:b]
+        labels, conf = s.argmax(1), s.max(1)
+        write_label_png(out / "labels" / f"{i}.png", _paint(cache, i, meta.mask_index[a:b], labels, conf))
+        js = {"id": i, "num_masks": b - a, "fill": 0, "class_names": m.class_names,
+              "masks": [{"label": int(lb), "conf": float(c)} for lb, c in zip(labels, conf)]}
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+        (out / "masks" / f"{i}.json").write_text(json.dumps(js))
+    print(f"predict: {n} image(s) -> {out}")
+    return 0
+
+
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from tusss.cli import open_mask_cache
+    from tusss.io import write_label_png
+
+    m, st, meta, scores, off = _scores_per_image(args)
+    cache = open_mask_cache(args.mask_cache)
+    out = Path(args.out) / "SegmentationClassAug"
+    restrict = not args.no_restrict and meta.gt_frac is not None
+    n = len(off) - 1
+    for j in _progress(range(n), n, "pseudo-label", not args.no_progress):
+        a, b = int(off[j]), int(off[j + 1])
+        i = str(meta.image_id[a])
+        s = scores[a:b].copy()
+        if restrict:  # image-level labels of the training image (bg always allowed)
+            allowed = (meta.gt_frac[a:b] > 0).any(0)
+            if m.has_bg_:
+                allowed[0] = True
+            s[:, ~allowed] = -np.inf
+        write_label_png(out / f"{i}.png", _paint(cache, i, meta.mask_index[a:b], s.argmax(1), s.max(1)))
+    print(f"pseudo-label: {n} image(s) -> {out}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``embed``, ``fit``, ``predict`` and ``pseudo-label`` to the ``tusss`` command."""
+    p = subparsers.add_parser("embed", help="DBA-CLIP embeddings of every cached mask of a split -> store")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--ids-file")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--mask-cache", required=True, help="mask cache written by `tusss masks`")
+    p.add_argument("--out", required=True, help="embedding store folder (resumed when it exists)")
+    p.add_argument("--clip", default="ViT-B-16")
+    p.add_argument("--weights", default="openai", help="'openai', a checkpoint path, or 'random'")
+    p.add_argument("--clip-preset", default="reference")
+    p.add_argument("--clip-opt", action="append", metavar="KEY=VALUE", help="override a DBAClipConfig field")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--shard-size", type=int, default=65536)
+    p.add_argument("--no-gt", action="store_true", help="do not record GT class fractions")
+    _common(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = subparsers.add_parser("fit", help="build a GLCC classifier from an embedding store")
+    p.add_argument("--store", required=True)
+    p.add_argument("--supervision", required=True, choices=["full", "semi", "weak"])
+    p.add_argument("--out", required=True, help="model folder")
+    p.add_argument("--labeled-ids", help="semi: file listing the labelled image ids")
+    p.add_argument("--vocabulary", default="voc", help="weak: dustbin vocabulary for zero-shot scores")
+    p.add_argument("--weights", default="openai", help="weak: CLIP weights for the text encoder")
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--alpha", type=float, default=0.9)
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--k-bar", type=int)
+    p.add_argument("--probe-iters", type=int, default=10_000)
+    p.add_argument("--knn-backend", default="torch", choices=["torch", "faiss", "faiss-ivf", "faiss-hnsw"])
+    _common(p)
+    p.set_defaults(func=cmd_fit)
+
+    for name, fn, hlp in (("predict", cmd_predict, "classify the masks of a (val) store with a GLCC"),
+                          ("pseudo-label", cmd_pseudo_label, "training-set pseudo-masks (VOC layout PNGs)")):
+        p = subparsers.add_parser(name, help=hlp)
+        p.add_argument("--model", required=True)
+        p.add_argument("--store", required=True)
+        p.add_argument("--mask-cache", required=True)
+        p.add_argument("--out", required=True)
+        if name == "pseudo-label":
+            p.add_argument("--no-restrict", action="store_true", help="do not restrict to GT image classes")
+        _common(p)
+        p.set_defaults(func=fn)
