@@ -108,10 +108,11 @@ def packed_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pa
     out = torch.empty(packed.total, nh, hd, dtype=v.dtype, device=dev)
     if packed.total == 0:
         return out
-    offs = packed.seg_offsets.to(torch.int64)
+    offs = packed.seg_offsets.to(device=dev, dtype=torch.int64)
     lens = (offs[1:] - offs[:-1]).cpu()
     bucket = torch.ceil(torch.log2(lens.double())).long()
-    tok_all = packed.token_index.to(torch.int64)
+    tok_all = packed.token_index.to(device=dev, dtype=torch.int64)
+    seg_batch = packed.seg_batch.to(device=dev, dtype=torch.int64)
     fac = 0.5 if mode == "mean" else 1.0
     for bk in torch.unique(bucket).tolist():
         segs = torch.nonzero(bucket == bk).flatten().to(dev)
@@ -122,7 +123,7 @@ def packed_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pa
         valid = ar[None, :] < slen[:, None]  # (S_c, n)
         rows = torch.where(valid, start[:, None] + ar[None, :], start[:, None])  # padded rows -> first row
         tok = tok_all[rows]  # (S_c, n)
-        bidx = packed.seg_batch.to(dev).long()[segs]
+        bidx = seg_batch[segs]
 
         qs, ks, vs = (x[bidx[:, None], :, tok].transpose(1, 2) for x in (q, k, v))  # (S_c, H, n, hd)
         kmask = valid
@@ -144,12 +145,12 @@ def unpack_paper(shared: torch.Tensor, packed_out: torch.Tensor, packed: PackedM
     materialises M copies)."""
     b, nh, L, hd = shared.shape
     dense = shared.unsqueeze(1).expand(b, packed.num_masks, nh, L, hd).clone()
-    offs = packed.seg_offsets.to(torch.int64)
-    seg_of_row = torch.repeat_interleave(torch.arange(packed.num_segments, device=shared.device),
-                                         offs[1:] - offs[:-1])
-    bi = packed.seg_batch.long()[seg_of_row]
-    mi = packed.seg_mask.long()[seg_of_row]
-    dense[bi, mi, :, packed.token_index.long()] = packed_out
+    dev = shared.device
+    offs = packed.seg_offsets.to(device=dev, dtype=torch.int64)
+    seg_of_row = torch.repeat_interleave(torch.arange(packed.num_segments, device=dev), offs[1:] - offs[:-1])
+    bi = packed.seg_batch.to(dev).long()[seg_of_row]
+    mi = packed.seg_mask.to(dev).long()[seg_of_row]
+    dense[bi, mi, :, packed.token_index.to(dev).long()] = packed_out.to(dense.dtype)
     return dense
 
 

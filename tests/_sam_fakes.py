@@ -31,16 +31,30 @@ def _frac(x: np.ndarray | float) -> np.ndarray:
 # values get pseudo-random ones. Amplitude sets the stability score (1.2 -> about 0.89 on a 55 px disc).
 TABLE: dict[tuple[int, int], tuple[float, float]] = {
     # background (20 in every channel): never a good mask
-    (0, 20): (0.50, 30.0), (1, 20): (0.50, 30.0), (2, 20): (0.50, 30.0),
+    (0, 20): (0.50, 30.0),
+    (1, 20): (0.50, 30.0),
+    (2, 20): (0.50, 30.0),
     # object 1 (R=100): whole passes only thanks to the level-2 threshold offset (0.80 + 0.1 > 0.86);
     # its big part G=60 has a higher raw IoU and a box IoU > 0.7 with the whole (NMS offset decides)
-    (2, 100): (0.80, 30.0), (1, 60): (0.95, 30.0), (1, 140): (0.90, 30.0), (0, 100): (0.91, 30.0),
-    (0, 180): (0.92, 30.0), (0, 140): (0.89, 30.0),
+    (2, 100): (0.80, 30.0),
+    (1, 60): (0.95, 30.0),
+    (1, 140): (0.90, 30.0),
+    (0, 100): (0.91, 30.0),
+    (0, 180): (0.92, 30.0),
+    (0, 140): (0.89, 30.0),
     # object 2 (R=180): whole unstable (stability ~0.89); parts: inner disc G=220, ring G=100
-    (2, 180): (0.93, 1.2), (1, 220): (0.95, 30.0), (1, 100): (0.90, 30.0), (0, 220): (0.94, 30.0),
-    (0, 60): (0.87, 30.0), (0, 240): (0.92, 30.0),
+    (2, 180): (0.93, 1.2),
+    (1, 220): (0.95, 30.0),
+    (1, 100): (0.90, 30.0),
+    (0, 220): (0.94, 30.0),
+    (0, 60): (0.87, 30.0),
+    (0, 240): (0.92, 30.0),
     # object 3 (R=240)
-    (2, 240): (0.97, 30.0), (1, 180): (0.88, 30.0), (1, 120): (0.91, 30.0), (0, 200): (0.87, 30.0), (0, 230): (0.90, 30.0),
+    (2, 240): (0.97, 30.0),
+    (1, 180): (0.88, 30.0),
+    (1, 120): (0.91, 30.0),
+    (0, 200): (0.87, 30.0),
+    (0, 230): (0.90, 30.0),
     # sub-part blob in the background, partly over object 1
     (0, 160): (0.93, 30.0),
 }
@@ -80,7 +94,7 @@ class FakeImageEncoder(nn.Module):
 class FakePromptEncoder(nn.Module):
     """Passes the point coordinates (input frame) through as the sparse embedding."""
 
-    def forward(self, points, boxes, masks):  # noqa: ANN001
+    def forward(self, points: tuple[torch.Tensor, torch.Tensor], boxes: object, masks: object):
         coords, _labels = points
         return coords.float(), torch.zeros(coords.shape[0], 1, 1, 1)
 
@@ -97,8 +111,14 @@ class FakeMaskDecoder(nn.Module):
         self.register_buffer("std", pixel_std.reshape(3, 1, 1).clone(), persistent=False)
         self.calls = 0
 
-    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-                multimask_output):  # noqa: ANN001
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         assert multimask_output
         self.calls += 1
         x = image_embeddings[0]  # (3, S, S) normalised; padding is exactly 0

@@ -154,6 +154,13 @@ def test_eval_from_pngs_and_from_json_plus_masks(voc_run, capsys):
     assert main(["eval", *voc_run["ds_args"], "--pred", str(only_json), "--mask-cache", str(voc_run["cache"]),
                  "--out", str(mfile2), "--no-progress"]) == 0  # fmt: skip
     assert json.loads(mfile2.read_text())["mIoU"] == pytest.approx(res["mIoU"])
+    # label PNGs only: mIoU without --mask-cache; with it the missing per-mask JSON is an error
+    only_png = tmp / "only_png"
+    shutil.copytree(out / "labels", only_png / "labels")
+    assert main(["eval", *voc_run["ds_args"], "--pred", str(only_png), "--no-progress"]) == 0
+    assert f"{100 * res['mIoU']:.2f}" in capsys.readouterr().out
+    rc = main(["eval", *voc_run["ds_args"], "--pred", str(only_png), "--mask-cache", str(voc_run["cache"])])
+    assert rc == 1 and "per-mask predictions" in capsys.readouterr().err
 
 
 def test_segment_image_files_with_custom_classes(tmp_path):
@@ -208,3 +215,10 @@ def test_console_script_entry_point():
     assert r.returncode == 0 and r.stdout.startswith("tusss ")
     r = subprocess.run([*cmd, "eval", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--mask-cache" in r.stdout
+
+
+def test_glcc_subcommands_registered_when_present():
+    import importlib.util
+
+    has = importlib.util.find_spec("tusss.glcc.commands") is not None
+    assert ("pseudo-label" in build_parser().format_help()) == has

@@ -7,7 +7,7 @@ import pytest
 from _tiny_datasets import make_cityscapes, make_coco_object, make_coco_stuff, make_image_folder, make_voc
 from PIL import Image
 
-from tusss.data import get_dataset
+from tusss.data import get_dataset, read_ids_file
 from tusss.errors import CorruptFileError, InputError
 from tusss.io import MissingFileError, overlay, read_image, read_label, voc_palette, write_label_png
 
@@ -186,3 +186,21 @@ def test_read_image_converts_modes(tmp_path):
         read_image(tmp_path / "nope.png")
     with pytest.raises(InputError, match="not a file"):
         read_image(tmp_path)
+
+
+def test_read_ids_file_formats(tmp_path):
+    p = tmp_path / "l.txt"
+    p.write_text("2007_000032\n/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n"
+                 "train2017/000000000139.jpg masks/train2017/000000000139.png\n  \n# note\n")
+    assert read_ids_file(p) == ["2007_000032", "2007_000039", "000000000139"]
+    (tmp_path / "e.txt").write_text("\n")
+    with pytest.raises(InputError, match="empty"):
+        read_ids_file(tmp_path / "e.txt")
+    with pytest.raises(MissingFileError, match="nope"):
+        read_ids_file(tmp_path / "nope.txt")
+
+
+def test_read_image_16bit(tmp_path):
+    a = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "d.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "d.png")[..., 0], (a // 257).astype(np.uint8))

@@ -229,10 +229,11 @@ def _fake_tensorrt(rec: _Rec) -> types.ModuleType:
 
 
 def test_tensorrt_builder_up_to_the_tensorrt_calls(tmp_path, monkeypatch):
+    src = tiny_engine_dir()  # built before torch is told that there is a GPU
     rec = _Rec()
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(rec))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    man = derive_engine(tiny_engine_dir(), tmp_path / "trt", precision="fp16", backend="tensorrt", log=None)
+    man = derive_engine(src, tmp_path / "trt", precision="fp16", backend="tensorrt", log=None)
     assert man.backend == "tensorrt" and set(man.graphs) == {"sam_encoder", "sam_decoder", "clip_windows",
                                                              "clip_text"}
     assert ("network_flags", 1 << 1) in rec.calls  # strongly typed: precision from the fp16 ONNX graph

@@ -16,11 +16,22 @@ from tusss.masks.config import MEMORY_ONLY_FIELDS
 def test_tuss_preset_is_reference_pattern() -> None:
     c = preset_config("tuss")
     expected = dict(  # reference §1 table
-        points_per_side=32, points_per_batch=256, pred_iou_thresh=0.86, stability_score_thresh=0.92,
-        stability_score_offset=1.0, box_nms_thresh=0.7, crop_n_layers=1, crop_nms_thresh=0.7,
-        crop_overlap_ratio=512 / 1500, crop_n_points_downscale_factor=2, min_mask_region_area=100,
-        score_thresh_offset=(0.0, 0.0, 0.1), score_nms_offset=(0.0, 0.0, 1.0),
-        stability_score_bias=(0.0, 0.0, 0.0), rock_sand_water_thresh=0.3, rock_sand_water_chunk_size=0,
+        points_per_side=32,
+        points_per_batch=256,
+        pred_iou_thresh=0.86,
+        stability_score_thresh=0.92,
+        stability_score_offset=1.0,
+        box_nms_thresh=0.7,
+        crop_n_layers=1,
+        crop_nms_thresh=0.7,
+        crop_overlap_ratio=512 / 1500,
+        crop_n_points_downscale_factor=2,
+        min_mask_region_area=100,
+        score_thresh_offset=(0.0, 0.0, 0.1),
+        score_nms_offset=(0.0, 0.0, 1.0),
+        stability_score_bias=(0.0, 0.0, 0.0),
+        rock_sand_water_thresh=0.3,
+        rock_sand_water_chunk_size=0,
     )
     assert {k: getattr(c, k) for k in expected} == expected
     assert c == MaskGenConfig()
@@ -76,6 +87,9 @@ def test_config_hash() -> None:
     }
     assert h not in others and len(others) == 4
     # memory-only knobs do not change the masks, hence not the hash
-    assert c.replace(points_per_batch=8, rock_sand_water_chunk_size=4).config_hash(
-        "vit_h", "official:sam_vit_h_4b8939.pth"
-    ) == h
+    assert (
+        c.replace(points_per_batch=8, rock_sand_water_chunk_size=4).config_hash(
+            "vit_h", "official:sam_vit_h_4b8939.pth"
+        )
+        == h
+    )

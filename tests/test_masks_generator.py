@@ -130,10 +130,13 @@ def naive_pipeline(sam, image: np.ndarray, cfg) -> dict[str, np.ndarray]:
         for p in range(len(pts)):
             for lvl in range(3):
                 iou = ious[p, lvl]
-                if cfg.pred_iou_thresh > 0 and not (f32(iou + f32(cfg.score_thresh_offset[lvl])) > f32(cfg.pred_iou_thresh)):
+                thr_score = f32(iou + f32(cfg.score_thresh_offset[lvl]))
+                if cfg.pred_iou_thresh > 0 and not thr_score > f32(cfg.pred_iou_thresh):
                     continue
                 lg = logits[p, lvl]
-                stab = f32((lg > 1.0 * cfg.stability_score_offset).sum()) / f32((lg > -cfg.stability_score_offset).sum())
+                off = cfg.stability_score_offset
+                with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for empty masks, as in SAM
+                    stab = f32((lg > off).sum()) / f32((lg > -off).sum())
                 if cfg.stability_score_thresh > 0 and not (
                     f32(stab + f32(cfg.stability_score_bias[lvl])) >= f32(cfg.stability_score_thresh)
                 ):
@@ -147,8 +150,18 @@ def naive_pipeline(sam, image: np.ndarray, cfg) -> dict[str, np.ndarray]:
                     continue
                 full = np.zeros((H, W), bool)
                 full[y0:y1, x0:x1] = m
-                cands.append(dict(mask=full, box=box, obox=ob, iou=f32(iou), stab=f32(stab), level=lvl,
-                                  point=pts[p] + [x0, y0], crop=np.array(crop)))
+                cands.append(
+                    dict(
+                        mask=full,
+                        box=box,
+                        obox=ob,
+                        iou=f32(iou),
+                        stab=f32(stab),
+                        level=lvl,
+                        point=pts[p] + [x0, y0],
+                        crop=np.array(crop),
+                    )
+                )
         nms_scores = np.array([f32(c["iou"] + f32(cfg.score_nms_offset[c["level"]])) for c in cands], np.float32)
         allc += [cands[i] for i in naive_nms([c["box"] for c in cands], nms_scores, cfg.box_nms_thresh)]
     if len(crop_boxes) > 1:
@@ -161,11 +174,14 @@ def naive_pipeline(sam, image: np.ndarray, cfg) -> dict[str, np.ndarray]:
             m, ch2 = naive_remove_small(m, cfg.min_mask_region_area, "islands")
             c["mask"], c["obox"] = m, _box(m)
             sc.append(float(not (ch1 or ch2)))
-        allc = [allc[i] for i in naive_nms([c["obox"] for c in allc], np.array(sc), max(cfg.box_nms_thresh,
-                                                                                         cfg.crop_nms_thresh))]
+        allc = [
+            allc[i]
+            for i in naive_nms([c["obox"] for c in allc], np.array(sc), max(cfg.box_nms_thresh, cfg.crop_nms_thresh))
+        ]
     if cfg.rock_sand_water_thresh is not None and allc:
-        keep = naive_rsw(np.stack([c["mask"] for c in allc]), np.array([c["level"] for c in allc]),
-                         cfg.rock_sand_water_thresh)
+        keep = naive_rsw(
+            np.stack([c["mask"] for c in allc]), np.array([c["level"] for c in allc]), cfg.rock_sand_water_thresh
+        )
         allc = [allc[i] for i in keep]
     out = {k: np.array([c[k] for c in allc]) for k in ("iou", "stab", "level", "point", "obox")}
     out["masks"] = np.stack([c["mask"] for c in allc]) if allc else np.zeros((0, H, W), bool)
@@ -192,11 +208,12 @@ CASES = {  # name -> (overrides of the tuss preset, checked against the naive pi
     "no_rsw": (NO_RSW, False),
     "no_thr_offset": (dict(NO_RSW, score_thresh_offset=(0, 0, 0)), False),
     "no_nms_offset": (dict(NO_RSW, score_nms_offset=(0, 0, 0)), False),
-    "no_offsets_chunked": (dict(score_thresh_offset=(0, 0, 0), score_nms_offset=(0, 0, 0),
-                                rock_sand_water_chunk_size=2), True),
+    "no_offsets_chunked": (
+        dict(score_thresh_offset=(0, 0, 0), score_nms_offset=(0, 0, 0), rock_sand_water_chunk_size=2),
+        True,
+    ),
     "stab_bias": (dict(NO_RSW, stability_score_bias=(0.0, 0.0, 0.08)), True),
     "no_crops_no_post": (dict(NO_RSW, crop_n_layers=0, min_mask_region_area=0), True),
-    "no_crops": (dict(NO_RSW, crop_n_layers=0), False),
     "no_post": (dict(NO_RSW, min_mask_region_area=0), False),
 }
 _RESULTS: dict[str, MaskSet] = {}
@@ -227,8 +244,14 @@ def test_sam_preset_equals_segment_anything_random_weights() -> None:
     """Real (random-weight) tiny SAM network, thresholds at 0 so that noise masks get through."""
     torch.manual_seed(2)
     gen = MaskGenerator.from_pretrained(
-        "vit_tiny", None, preset="sam", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-        min_mask_region_area=20, box_nms_thresh=0.99,
+        "vit_tiny",
+        None,
+        preset="sam",
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        min_mask_region_area=20,
+        box_nms_thresh=0.99,
     )
     rng = np.random.default_rng(0)
     img = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
@@ -239,6 +262,7 @@ def test_sam_preset_equals_segment_anything_random_weights() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- tuss preset
+
 
 @pytest.mark.parametrize("case", [k for k, (_, naive) in CASES.items() if naive])
 def test_tuss_matches_naive_pipeline(fake_gen: MaskGenerator, scene: np.ndarray, case: str) -> None:
@@ -262,8 +286,8 @@ def test_each_tuss_step_changes_the_scene_result(fake_gen: MaskGenerator, scene:
     # stability bias revives object 2's unstable whole mask
     assert (r["stab_bias"].level == 2).sum() > (base.level == 2).sum()
     # cross-crop NMS and the small-region post-processing change the output
-    assert not _same(base, r["no_crops"])
     assert not _same(base, r["no_post"])
+    assert not _same(r["no_post"], r["no_crops_no_post"])
     assert (base.crop_box != np.array([0, 0, 256, 192])).any(axis=1).any()  # some masks come from crops
     # RSW removes nested masks, in TUSS's order (level 2, then kept 1, then kept 0)
     rsw = r["tuss"]
@@ -276,8 +300,15 @@ def test_rsw_invariant_real_network() -> None:
     """Random-weight tiny SAM, tuss preset with thresholds off: kept masks satisfy the RSW property."""
     torch.manual_seed(2)
     gen = MaskGenerator.from_pretrained(
-        "vit_tiny", None, preset="tuss", points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-        crop_n_layers=0, min_mask_region_area=0, box_nms_thresh=0.95,
+        "vit_tiny",
+        None,
+        preset="tuss",
+        points_per_side=8,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        crop_n_layers=0,
+        min_mask_region_area=0,
+        box_nms_thresh=0.95,
     )
     rng = np.random.default_rng(1)
     img = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
@@ -304,7 +335,7 @@ def test_generate_fields_and_offsets_not_in_predicted_iou(fake_gen: MaskGenerato
 
 
 def test_empty_result_is_empty_maskset(fake_gen: MaskGenerator) -> None:
-    gen = with_config(fake_gen, "tuss", **SMALL, pred_iou_thresh=1.5)  # nothing can pass
+    gen = with_config(fake_gen, "tuss", points_per_side=4, pred_iou_thresh=1.5)  # nothing can pass
     ms = gen.generate(make_scene())
     assert len(ms) == 0 and ms.image_hw == (192, 256)
 

@@ -170,3 +170,14 @@ def test_segment_with_sam_generator(clip):
     assert seg.scores.shape == (len(ms), 20) and len(ms) > 10
     v = get_vocabulary("voc20")
     _check(seg, ms, _softmax(_naive_logits(clip, img, ms, v.names, "origami")))
+
+
+def test_from_pretrained_random_weights():
+    torch.manual_seed(2)
+    seg = OVSegmenter.from_pretrained(sam="vit_tiny", sam_checkpoint=None, clip_model="tusss-tiny",
+                                      clip_weights=None, classes="cat,dog", mask_overrides={"points_per_side": 2},
+                                      clip_overrides={"target_size": 64})  # fmt: skip
+    assert seg.mask_generator.config.points_per_side == 2 and seg.clip.cfg.target_size == 64
+    assert seg.class_names == ("background", "cat", "dog")
+    with pytest.raises(InputError, match="unknown vocabulary"):
+        OVSegmenter.from_pretrained(sam="vit_tiny", sam_checkpoint=None, vocabulary="nope")

@@ -72,6 +72,12 @@ def test_weak_matches_seed_on_logits():
     assert s.Pc[0, 1] == 0 and s.gt is None and not s.labeled.any()
     with pytest.raises(InputError, match="out of range"):
         weak_supervision(z, [[2], [0]], OFF, 3)
+    # paper variant: softmax over the image's classes only (c -> inf), bg = 1 - max
+    sp = weak_supervision(z, labels, OFF, 3, variant="paper")
+    e = np.exp(z[2:4, :2] - z[2:4, :2].max(1, keepdims=True))
+    p = e / e.sum(1, keepdims=True)
+    np.testing.assert_allclose(sp.Pc[2:4], np.c_[1 - p.max(1), p], rtol=1e-5)
+    np.testing.assert_allclose(sp.Pc[0:2], [[0, 0, 1], [0, 0, 1]], atol=1e-7)  # single class -> 1, bg 0
 
 
 def test_prob2soft_label_by_hand():

@@ -338,6 +338,10 @@ def evaluate(
             except json.JSONDecodeError as e:
                 raise CorruptFileError(f"prediction file {str(js_p)!r} is not valid JSON: {e}") from e
         ms = None
+        if mask_cache is not None and js is None:
+            raise MissingFileError(f"mask F1 needs the per-mask predictions {str(js_p)!r} (written by "
+                                   "`tusss segment` / `tusss predict`); leave out --mask-cache to evaluate label "
+                                   "PNGs only")  # fmt: skip
         if mask_cache is not None and js is not None:
             ms = mask_cache.get(i)
             if ms is None:

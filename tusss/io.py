@@ -53,9 +53,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(p) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.float64)
-                a = np.clip(a / max(float(a.max()), 1.0) * 255.0, 0, 255).astype(np.uint8)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: keep the high byte
+                a = np.asarray(im).astype(np.int64)
+                a = np.clip(a // 257 if im.mode != "I" or a.max() > 255 else a, 0, 255).astype(np.uint8)
                 arr = np.repeat(a[:, :, None], 3, axis=2)
             else:
                 arr = np.asarray(im.convert("RGB"))

@@ -216,8 +216,13 @@ def weak_supervision(
     *,
     fg_method: FgMethod | None = None,
     bg_method: BgMethod | None = None,
+    variant: str = "reference",
 ) -> Supervision:
     """Weak (image-level) supervision: P^c from zero-shot logits restricted to the image classes.
+
+    ``variant="paper"`` is the paper's ``softmax(XWᵀ ⊙ Y − c(1 − Y))`` with c → ∞: a softmax over the image's
+    classes only (no dustbins, no min-max); the background column (not described in the paper) is still
+    ``(1 - max)^p``.
 
     Args:
         zero_shot_logits: (N, C) 100·cos logits over C >= K - 1 names: the K - 1 fg class names first, then
@@ -237,7 +242,11 @@ def weak_supervision(
         if a.size and (a.min() < 0 or a.max() >= num_classes - 1):
             raise InputError(f"image_labels[{i}] = {a.tolist()} out of range [0, {num_classes - 1})")
         sets.append(np.unique(a))
-    r = seed_table(z, offsets, sets, num_classes, fg_method=fg_method or FgMethod(softmax=1.0, norm=True),
+    if variant not in ("reference", "paper"):
+        raise InputError(f"variant must be 'reference' or 'paper', got {variant!r}")
+    default_fg = FgMethod(softmax=1.0, norm=True) if variant == "reference" else \
+        FgMethod(softmax=1.0, norm=False, bypath_suppress=False)
+    r = seed_table(z, offsets, sets, num_classes, fg_method=fg_method or default_fg,
                    bg_method=bg_method or BgMethod("pow", pow=1.0))
     N = z.shape[0]
     return Supervision("weak", r.scores, np.asarray(offsets, np.int64), sets, np.zeros(N, bool), None, True)

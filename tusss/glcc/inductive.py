@@ -91,7 +91,7 @@ def inductive_bias(
     a = np.where(valid, sims, 0.0)
     abar = normalize_affinity(a, degree[idx_c], k_bar, k, norm)
     abar = np.where(valid, abar, 0.0)
-    return np.einsum("mj,mjk->mk", abar, np.asarray(Pstar, dtype=np.float64)[idx_c]).astype(np.float32)
+    return np.einsum("mj,mjk->mk", abar, np.asarray(Pstar[idx_c], dtype=np.float64)).astype(np.float32)
 
 
 def alpha_bg(s: np.ndarray, alpha: float) -> np.ndarray:

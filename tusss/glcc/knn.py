@@ -73,7 +73,8 @@ def _faiss_index(base: np.ndarray, backend: str, nlist: int | None, nprobe: int,
     if backend == "faiss":
         index = faiss.IndexFlatIP(d)
     elif backend == "faiss-ivf":
-        nl = nlist or max(1, min(4096, int(4 * np.sqrt(base.shape[0]))))
+        # 4 sqrt(N) lists, but >= 39 training points per list (faiss's own advice)
+        nl = nlist or max(1, min(4096, int(4 * np.sqrt(base.shape[0])), base.shape[0] // 39))
         quant = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quant, d, nl, faiss.METRIC_INNER_PRODUCT)
         index.train(base)
@@ -153,12 +154,14 @@ class KnnGraph:
         degree: (N,) float64 row sums of ``W + Wᵀ`` (zeros replaced by 1).
         k: neighbours per node used to build W.
         gamma: similarity exponent.
+        recall: recall@k of an approximate backend against exact search on a sample (None if not measured).
     """
 
     S: sp.csr_matrix
     degree: np.ndarray
     k: int
     gamma: float
+    recall: float | None = None
 
 
 def knn_graph(sims: np.ndarray, idx: np.ndarray, gamma: float = 1.0, dtype: type = np.float64) -> KnnGraph:
@@ -201,6 +204,7 @@ def build_graph(
     backend: str = "torch",
     normalized: bool = False,
     dtype: type = np.float64,
+    recall_sample: int = 0,
     **search_kw: object,
 ) -> KnnGraph:
     """kNN graph of the (N, D) embeddings ``X``: search k + 1, remove self by index, build S.
@@ -210,6 +214,8 @@ def build_graph(
         k: neighbours per node (reference: 50).
         gamma: similarity exponent (reference: 1).
         backend: :data:`BACKENDS`; ``search_kw`` go to :func:`knn_search`.
+        recall_sample: for an approximate backend, measure recall@k against exact (torch) search on this
+            many random queries (seeded) and store it in ``KnnGraph.recall``.
     """
     Xn = np.ascontiguousarray(X, dtype=np.float32) if normalized else l2_normalize(X)
     N = Xn.shape[0]
@@ -218,7 +224,20 @@ def build_graph(
     k = min(k, N - 1)
     sims, idx = knn_search(Xn, Xn, k + 1, backend=backend, **search_kw)  # type: ignore[arg-type]
     sims, idx = _drop_self(sims, idx, k)
-    return knn_graph(sims, idx, gamma=gamma, dtype=dtype)
+    g = knn_graph(sims, idx, gamma=gamma, dtype=dtype)
+    if recall_sample and backend in ("faiss-ivf", "faiss-hnsw"):
+        q = np.random.default_rng(0).choice(N, min(recall_sample, N), replace=False)
+        _, ex = _drop_self_rows(*knn_search(Xn[q], Xn, k + 1, backend="torch"), q, k)
+        g.recall = recall_at_k(idx[q], ex)
+    return g
+
+
+def _drop_self_rows(sims: np.ndarray, idx: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_drop_self` for queries that are the base rows ``rows``."""
+    is_self = idx == rows[:, None]
+    is_self[~is_self.any(1), -1] = True
+    keep = ~is_self
+    return sims[keep].reshape(len(rows), k), idx[keep].reshape(len(rows), k)
 
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:

@@ -148,7 +148,8 @@ class GLCC:
             if K is None:
                 raise InputError("weak supervision needs num_classes= (or class_names)")
             return weak_supervision(logits, _need(kw, "image_labels", "weak"), offsets, K,
-                                    fg_method=kw.get("fg_method"), bg_method=kw.get("bg_method"))
+                                    fg_method=kw.get("fg_method"), bg_method=kw.get("bg_method"),
+                                    variant=kw.get("weak_variant", "reference"))
         raise InputError(f"supervision must be 'full', 'semi', 'weak' or a Supervision, got {supervision!r}")
 
     def _rescore(self, table: np.ndarray, sup: Supervision, fg: FgMethod, alpha: float) -> np.ndarray:
@@ -186,7 +187,8 @@ class GLCC:
             image_ids: (N,) image id of each mask (each image's masks contiguous).
             supervision: "full" (needs ``gt_fractions`` (N, K)), "semi" (``gt_fractions``,
                 ``labeled_images`` (I,) bool, optional ``zero_shot_scores`` (N, K)), "weak"
-                (``zero_shot_logits`` (N, C), ``image_labels`` per image, ``num_classes``), or a prepared
+                (``zero_shot_logits`` (N, C), ``image_labels`` per image, ``num_classes``, optional
+                ``fg_method`` / ``bg_method`` / ``weak_variant="paper"``), or a prepared
                 :class:`tusss.supervision.Supervision`. ``has_bg`` (default True) says class 0 is background.
 
         Returns:
@@ -221,8 +223,10 @@ class GLCC:
         def graph(k: int) -> KnnGraph:
             if k not in graphs:
                 t0 = time.perf_counter()
-                graphs[k] = build_graph(X, k=k, gamma=cfg.gamma, backend=cfg.knn_backend, normalized=True)
-                self.history_.append({"step": f"knn k={k}", "seconds": time.perf_counter() - t0})
+                graphs[k] = build_graph(X, k=k, gamma=cfg.gamma, backend=cfg.knn_backend, normalized=True,
+                                        recall_sample=1000)
+                self.history_.append({"step": f"knn k={k}", "seconds": time.perf_counter() - t0,
+                                      "backend": cfg.knn_backend, "recall_sample": graphs[k].recall})
             return graphs[k]
 
         def lp(Pc: np.ndarray, k: int) -> np.ndarray:

@@ -157,7 +157,7 @@ def propagate(
         raise InputError(f"Pc {Pc.shape} must be (N, K) with N = {S.shape[0]} rows of the graph")
     check_finite(Pc, "Pc")
     xp, xsp, name = _modules(backend)
-    S = S.tocsr().astype(dtype)
+    S = S.tocsr().astype(dtype, copy=False)
     if name == "cupy":
         Sd = xsp.csr_matrix(S)
         B = xp.asarray(Pc, dtype=dtype)

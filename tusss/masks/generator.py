@@ -119,30 +119,43 @@ class LevelMaskGenerator(SamAutomaticMaskGenerator):
     def _process_batch(
         self, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int], orig_size: tuple[int, ...]
     ) -> MaskData:
-        # SAM's _process_batch with level tags and the level offsets of step 2.
+        # SAM's _process_batch with level tags and the level offsets of step 2. SamPredictor.predict_torch is
+        # split in two so that the predicted-IoU filter runs on the low-res logits, before the (costly)
+        # up-sampling to the image size; the up-sampling is per mask, so the kept masks are unchanged.
         orig_h, orig_w = orig_size
-        transformed_points = self.predictor.transform.apply_coords(points, im_size)
-        in_points = torch.as_tensor(transformed_points, device=self.predictor.device)
+        predictor, model = self.predictor, self.predictor.model
+        transformed_points = predictor.transform.apply_coords(points, im_size)
+        in_points = torch.as_tensor(transformed_points, device=predictor.device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        masks, iou_preds, _ = self.predictor.predict_torch(
-            in_points[:, None, :], in_labels[:, None], multimask_output=True, return_logits=True
+        sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
+        low_res, iou_preds = model.mask_decoder(
+            image_embeddings=predictor.features,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
         )
-        n_out = masks.shape[1]
+        n_out = low_res.shape[1]
         if n_out != N_LEVELS:
             raise InputError(f"SAM returned {n_out} masks per point, expected {N_LEVELS} (multimask output)")
         level = torch.arange(N_LEVELS, device=iou_preds.device).expand_as(iou_preds)
         data = MaskData(
-            masks=masks.flatten(0, 1),
+            low_res=low_res.flatten(0, 1),
             iou_preds=iou_preds.flatten(0, 1),
             points=torch.as_tensor(points.repeat(n_out, axis=0)),
             level=level.flatten(0, 1).to(torch.int8),
         )
-        del masks
+        del low_res
 
         dev = data["iou_preds"].device
         if self.pred_iou_thresh > 0.0:
             off = self.score_thresh_offset.to(dev)[data["level"].long()]
             data.filter((data["iou_preds"] + off) > self.pred_iou_thresh)
+
+        data["masks"] = model.postprocess_masks(
+            data["low_res"][:, None], predictor.input_size, predictor.original_size
+        )[:, 0]
+        del data["low_res"]
 
         data["stability_score"] = calculate_stability_score(
             data["masks"], self.predictor.model.mask_threshold, self.stability_score_offset

@@ -18,9 +18,7 @@ def _as_bool_tensor(masks: np.ndarray | torch.Tensor, device: torch.device | str
     return t.to(device) if device is not None else t
 
 
-def intersection_areas(
-    a: torch.Tensor, b: torch.Tensor, chunk_size: int = 0
-) -> torch.Tensor:
+def intersection_areas(a: torch.Tensor, b: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
     """|a_i ∩ b_j| for bool masks a (N1, P) and b (N2, P) -> (N1, N2) float32 pixel counts.
 
     One matrix product of the flattened masks per chunk of ``chunk_size`` rows of ``a`` (0 = one chunk).

@@ -194,9 +194,7 @@ def build_sam(
             )
         sam.load_state_dict(sd)
         weights_id = (
-            f"official:{spec.filename}"
-            if checkpoint == "official"
-            else _file_id(path)  # type: ignore[arg-type]
+            f"official:{spec.filename}" if checkpoint == "official" else _file_id(path)  # type: ignore[arg-type]
         )
     else:
         weights_id = ""  # filled lazily by the caller (state_dict_id) when a cache key is needed
