@@ -7,7 +7,8 @@ Random weights (seeded). Reports the minimum over repeats (interleaved) of:
 - ``plain_passes``: the unmodified image tower (embeddings, all blocks, LN_post + proj) on exactly the same
   window crops + global image, no masks, no pooling;
 - ``trunk``: blocks 0..n-2 only on the same inputs; ``pooling``: GSW fusion + mask pooling only.
-Ratios are within one run on one machine (see docs/TEAM.md: performance claims are ratios).
+CPU (process) time is reported beside wall time (shared machines). Ratios are within one run on one
+machine (see docs/TEAM.md: performance claims are ratios).
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ def main() -> None:
     ap.add_argument("--preset", default="reference")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     a = ap.parse_args()
     h, w = (int(s) for s in a.size.split("x"))
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     clip = DBAClip.from_pretrained(a.model, weights=None, preset=a.preset, device=a.device)
     plain = TowerRunner(clip.model.visual, DBAClipConfig.preset("plain"))
@@ -89,18 +93,23 @@ def main() -> None:
     for f in fns.values():  # warm-up
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(a.repeat):
         for k, f in fns.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             f()
             times[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
     best = {k: min(v) for k, v in times.items()}
+    best_cpu = {k: min(v) for k, v in cpu.items()}
     res = {
         "model": a.model, "preset": a.preset, "image": [h, w], "masks": int(len(masks)),
         "resized": list(lay.resized_hw), "windows": lay.n_windows, "device": str(clip.device),
         "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "seconds_min": best,
+        "cpu_seconds_min": best_cpu,
         "embed_over_plain": best["embed_masks"] / best["plain_passes"],
+        "embed_over_plain_cpu": best_cpu["embed_masks"] / best_cpu["plain_passes"],
     }
     print(json.dumps(res, indent=1))
     if a.out:

@@ -49,6 +49,7 @@ class OrtGraph:
         inputs: manifest input specs ``{name: {"dtype", "shape"}}`` (order = graph input order).
         providers: ONNX Runtime execution providers; default :func:`default_providers`.
         threads: intra-op threads (0 = ONNX Runtime's default).
+        precision: the engine's precision (fp16 graphs get ONNX Runtime's "extended" optimisation level).
     """
 
     def __init__(
@@ -58,13 +59,16 @@ class OrtGraph:
         outputs: Sequence[str],
         providers: Sequence[str] | None = None,
         threads: int = 0,
+        precision: str = "fp32",
     ) -> None:
         ort = _ort()
         self.path = Path(path)
         self.inputs = dict(inputs)
         self.output_names = list(outputs)
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT 1.32's layout (NCHWc) pass crashes at session creation on some fp16 graphs: stop one level below
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if precision == "fp16"
+                                       else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         if threads:
             so.intra_op_num_threads = int(threads)
         so.log_severity_level = 3

@@ -117,7 +117,7 @@ class Engine:
                 graphs[name] = TrtGraph(p / g.plan, g)
         elif be == "onnxruntime":
             for name, g in man.graphs.items():
-                graphs[name] = OrtGraph(p / g.onnx, g.inputs, list(g.outputs), providers, threads)
+                graphs[name] = OrtGraph(p / g.onnx, g.inputs, list(g.outputs), providers, threads, man.precision)
         else:
             raise BackendUnavailableError(f"unknown backend {be!r}")
         return cls(p, man, graphs, be)

@@ -37,10 +37,10 @@ if HAS_TRITON:
     def _dual_attn_fwd(Q, K, V, BITS, OUT,
                        sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol, sbb, sbl,
                        H, L, NW, scale2, bias2, out_scale, dev_key,
-                       HD: tl.constexpr, HD_PAD: tl.constexpr, CLS_VISIBLE: tl.constexpr, IEEE: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
+                       HD: tl.constexpr, HD_PAD: tl.constexpr, CLS_VISIBLE: tl.constexpr, FORCE_DIAG: tl.constexpr,
+                       IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_bh = tl.program_id(0)  # windows·heads on axis 0 (axis 1 is limited to 65535)
+        pid_m = tl.program_id(1)
         b = pid_bh // H
         h = pid_bh % H
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -81,9 +81,11 @@ if HAS_TRITON:
                 bi = tl.load(bits_row + w, mask=row_patch, other=0)
                 bj = tl.load(bits_col + w, mask=col_patch, other=0)
                 share = share | (bi[:, None] & bj[None, :])
-            vis = share != 0
+            vis = (share != 0) | (offs_m[:, None] == 0)  # the CLS query row is never biased
             if CLS_VISIBLE:
-                vis = vis | (offs_m[:, None] == 0) | (offs_n[None, :] == 0)
+                vis = vis | (offs_n[None, :] == 0)
+            if FORCE_DIAG:
+                vis = vis | (offs_m[:, None] == offs_n[None, :])
             bias = tl.where(vis, 0.0, bias2)
             bias = tl.where(ncol[None, :], bias, float("-inf"))
             s1 = s1 * scale2 + bias
@@ -114,7 +116,7 @@ if HAS_TRITON:
 
 def dual_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bitsets: torch.Tensor, *,
                           bias_value: float = -4.0, cls_visible: bool = True, scale: float | None = None,
-                          mode: str = "sum") -> torch.Tensor:
+                          mode: str = "sum", force_diagonal: bool = False) -> torch.Tensor:
     """Triton version of :func:`kernels.attention_torch.dual_attention_torch` (same arguments/shapes)."""
     if not HAS_TRITON:  # pragma: no cover
         raise RuntimeError("triton is not installed")
@@ -128,7 +130,7 @@ def dual_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bit
     hd_pad = max(16, triton.next_power_of_2(hd))
 
     def grid(meta):
-        return (triton.cdiv(L, meta["BLOCK_M"]), bsz * nh)
+        return (bsz * nh, triton.cdiv(L, meta["BLOCK_M"]))
 
     _dual_attn_fwd[grid](
         q, k, v, bitsets, out,
@@ -137,6 +139,7 @@ def dual_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bit
         bitsets.stride(0), bitsets.stride(1),
         nh, L, nw, float(scale) * LOG2E, float(bias_value) * LOG2E, 0.5 if mode == "mean" else 1.0,
         device_key(q),
-        HD=hd, HD_PAD=hd_pad, CLS_VISIBLE=bool(cls_visible), IEEE=q.dtype == torch.float32,
+        HD=hd, HD_PAD=hd_pad, CLS_VISIBLE=bool(cls_visible), FORCE_DIAG=bool(force_diagonal),
+        IEEE=q.dtype == torch.float32,
     )
     return out

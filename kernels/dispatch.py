@@ -68,19 +68,24 @@ def _check_mode(mode: str) -> None:
         raise InputError(f"mode must be 'sum' or 'mean', got {mode!r}")
 
 
-def masked_dual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masks: torch.Tensor, *,
+def masked_dual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masks: torch.Tensor | None, *,
                           bias_value: float = -4.0, cls_visible: bool = True, scale: float | None = None,
-                          mode: str = "sum", backend: str | None = None) -> torch.Tensor:
+                          mode: str = "sum", force_diagonal: bool = False, backend: str | None = None
+                          ) -> torch.Tensor:
     """DBA-CLIP last-block attention, (softmax(s·qqᵀ+Bias) + softmax(s·kkᵀ+Bias))·v (reference §2).
+
+    Drop-in for ``tusss.clip.attention.dual_softmax_attention`` (same arguments, plus ``backend``).
 
     Args:
         q, k, v: (B, heads, L, head_dim) float32/float16/bfloat16; token 0 is CLS.
-        masks: either (B, M, L-1) bool token masks, or their (B, L-1, ceil(M/32)) int32 bitsets
-            (:func:`mask_bitsets`; build them once per forward and reuse them for every call).
-        bias_value: Bias where two tokens share no mask (−4 in the reference).
-        cls_visible: CLS row/column 0 (True) or ``bias_value`` (False, Cityscapes config).
+        masks: (B, M, L-1) bool token masks, or their (B, L-1, ceil(M/32)) int32 bitsets (:func:`mask_bitsets`;
+            build them once per forward and reuse them), or None (no bias: plain dual softmax, SDPA).
+        bias_value: Bias where two patch tokens share no mask (−4 in the reference).
+        cls_visible: patch→CLS bias 0 (True) or ``bias_value`` (False, Cityscapes config). The CLS query row
+            is never biased.
         scale: logit scale s (default head_dim ** -0.5).
-        mode: "sum" (reference) or "mean" (halved).
+        mode: "sum" (reference) or "mean" (halved, paper Eq. 9).
+        force_diagonal: every token sees itself (paper's B = m̂m̂ᵀ ∨ I); reference False.
         backend: override of ``$TUSSS_KERNELS``.
     Returns:
         (B, heads, L, head_dim), dtype of q.
@@ -88,6 +93,8 @@ def masked_dual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
     _check_qkv(q, k, v)
     _check_mode(mode)
     b, _, L, _ = q.shape
+    if masks is None:
+        return attention_torch.dual_attention_torch(q, k, v, None, scale=scale, mode=mode)
     if masks.dtype == torch.bool:
         if masks.dim() != 3 or masks.shape[0] != b or masks.shape[2] != L - 1:
             raise InputError(f"token masks must be (B={b}, M, L-1={L - 1}) bool, got {tuple(masks.shape)}")
@@ -99,13 +106,13 @@ def masked_dual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
     else:
         raise InputError(f"masks must be bool token masks or int32 bitsets, got {masks.dtype}")
     bits = bits.to(q.device)
+    kw = {"bias_value": bias_value, "cls_visible": cls_visible, "scale": scale, "mode": mode,
+          "force_diagonal": force_diagonal}
     if resolve_backend(q, backend) == "triton":
         from . import attention_triton
 
-        return attention_triton.dual_attention_triton(q, k, v, bits, bias_value=bias_value,
-                                                      cls_visible=cls_visible, scale=scale, mode=mode)
-    return attention_torch.dual_attention_torch(q, k, v, bits, bias_value=bias_value, cls_visible=cls_visible,
-                                                scale=scale, mode=mode)
+        return attention_triton.dual_attention_triton(q, k, v, bits, **kw)
+    return attention_torch.dual_attention_torch(q, k, v, bits, **kw)
 
 
 def paper_packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed_masks: PackedMasks, *,

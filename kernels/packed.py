@@ -3,11 +3,12 @@
 With a hard bias (c → ∞) a token outside mask m attends only to itself (and to CLS when ``cls_visible``), which
 does not depend on m. So the M per-mask passes (cost M·L²) split into
   * one *shared* pass: every token's output when it is outside the mask (O(L)), and the CLS row
-    (CLS sees all tokens when ``cls_visible``, only itself otherwise), identical for all masks;
+    (the CLS query is never biased: it sees all tokens), identical for all masks;
   * one *packed* variable-length pass: for every (window b, mask m) segment, the tokens of m attend to the
     tokens of m (+ CLS when visible) — cost Σ n_m².
 Per-mask output of token i: packed row if i ∈ m, else the shared row. Visibility used everywhere:
-    vis_m(i, j) = (i ∈ m and j ∈ m) or i == j or (cls_visible and (i == 0 or j == 0)).
+    vis_m(i, j) = (i ∈ m and j ∈ m) or i == j or i == 0 or (cls_visible and j == 0)
+(tusss/clip/attention.py with force_diagonal=True, the ``paper`` preset; c = 100 there).
 The softmaxes are (softmax(s q qᵀ + B) + softmax(s k kᵀ + B)) v (mode "sum"; "mean" halves it, Eq. 9).
 With a finite c the result differs by O(L·e^{-c}) relative (≈ 1e-11 for c = 30 in fp32).
 """
@@ -77,19 +78,19 @@ def paper_shared_pass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cls_
     if scale is None:
         scale = q.shape[-1] ** -0.5
     fac = 0.5 if mode == "mean" else 1.0
-    if not cls_visible:  # each token (CLS included) sees only itself: both softmaxes are one-hot
-        return v * (2.0 * fac)
     out = torch.empty_like(v)
-    # patch tokens: softmax over {CLS, self}
-    qf, kf, vf = q.float(), k.float(), v.float()
-    o = torch.zeros_like(vf[:, :, 1:])
-    for x in (qf, kf):
-        s_self = (x[:, :, 1:] * x[:, :, 1:]).sum(-1) * scale
-        s_cls = (x[:, :, 1:] * x[:, :, :1]).sum(-1) * scale
-        p_cls = torch.sigmoid(s_cls - s_self)  # 2-way softmax
-        o = o + p_cls.unsqueeze(-1) * vf[:, :, :1] + (1.0 - p_cls).unsqueeze(-1) * vf[:, :, 1:]
-    out[:, :, 1:] = (o * fac).to(v.dtype)
-    # CLS row: attends every token with bias 0
+    if cls_visible:  # patch tokens: 2-way softmax over {CLS, self}
+        qf, kf, vf = q.float(), k.float(), v.float()
+        o = torch.zeros_like(vf[:, :, 1:])
+        for x in (qf, kf):
+            s_self = (x[:, :, 1:] * x[:, :, 1:]).sum(-1) * scale
+            s_cls = (x[:, :, 1:] * x[:, :, :1]).sum(-1) * scale
+            p_cls = torch.sigmoid(s_cls - s_self)
+            o = o + p_cls.unsqueeze(-1) * vf[:, :, :1] + (1.0 - p_cls).unsqueeze(-1) * vf[:, :, 1:]
+        out[:, :, 1:] = (o * fac).to(v.dtype)
+    else:  # patch tokens see only themselves: both softmaxes are one-hot
+        out[:, :, 1:] = v[:, :, 1:] * (2.0 * fac)
+    # CLS row: never biased, attends every token
     cls = F.scaled_dot_product_attention(q[:, :, :1], q, v, scale=scale)
     cls = cls + F.scaled_dot_product_attention(k[:, :, :1], k, v, scale=scale)
     out[:, :, :1] = cls * fac
@@ -158,7 +159,8 @@ def paper_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               cls_visible: bool = True, scale: float | None = None, mode: str = "sum",
                               c: float = float("inf")) -> torch.Tensor:
     """M separate last-block attention passes with the materialised per-mask bias −c(1−B) (B = m̂m̂ᵀ ∨ I, CLS
-    row/column open when ``cls_visible``). q, k, v (B, H, L, hd), token_masks (B, M, L-1) -> (B, M, H, L, hd)."""
+    row open, CLS column open when ``cls_visible``). q, k, v (B, H, L, hd), token_masks (B, M, L-1)
+    -> (B, M, H, L, hd)."""
     if scale is None:
         scale = q.shape[-1] ** -0.5
     b, nh, L, hd = q.shape
@@ -169,8 +171,8 @@ def paper_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         tm = torch.zeros(b, L, dtype=torch.bool, device=q.device)
         tm[:, 1:] = token_masks[:, j]
         vis = (tm[:, :, None] & tm[:, None, :]) | eye
+        vis[:, 0, :] = True
         if cls_visible:
-            vis[:, 0, :] = True
             vis[:, :, 0] = True
         bias = torch.where(vis, 0.0, -c).to(q.dtype)[:, None]  # (B, 1, L, L)
         o = F.scaled_dot_product_attention(q, q, v, attn_mask=bias, scale=scale)

@@ -1,6 +1,6 @@
 """Triton kernel: packed variable-length dual-softmax attention for the ``paper`` preset (see packed.py).
 
-Grid (q-blocks, segments, heads). A program loads BLOCK_M query tokens of one (window, mask) segment by their
+Grid (segments, q-blocks, heads). A program loads BLOCK_M query tokens of one (window, mask) segment by their
 token indices, starts both online softmaxes with the CLS key (when visible), then streams only the segment's
 own keys: the total work is Σ n_m² instead of M·L².
 """
@@ -37,8 +37,8 @@ if HAS_TRITON:
                     scale2, out_scale, MAXLEN_BUCKET, dev_key,
                     HD: tl.constexpr, HD_PAD: tl.constexpr, CLS_VISIBLE: tl.constexpr, IEEE: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        pid_m = tl.program_id(0)
-        s = tl.program_id(1)
+        s = tl.program_id(0)  # segments on axis 0 (grid limit 2^31-1; axes 1 and 2 are limited to 65535)
+        pid_m = tl.program_id(1)
         h = tl.program_id(2)
         start = tl.load(SEG_OFF + s)
         end = tl.load(SEG_OFF + s + 1)
@@ -128,7 +128,7 @@ def packed_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     hd_pad = max(16, triton.next_power_of_2(hd))
 
     def grid(meta):
-        return (triton.cdiv(maxlen, meta["BLOCK_M"]), packed.num_segments, nh)
+        return (packed.num_segments, triton.cdiv(maxlen, meta["BLOCK_M"]), nh)
 
     _packed_fwd[grid](
         q, k, v, tok, offs, segb, out,

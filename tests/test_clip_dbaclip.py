@@ -9,7 +9,7 @@ import torch
 from naive_dbaclip import naive_embed_masks
 
 from tusss.clip import DBAClip, DBAClipConfig
-from tusss.clip.gsw import make_layout, normalize_image
+from tusss.clip.gsw import global_token_masks, make_layout, normalize_image
 
 RTOL = 1e-4
 
@@ -66,6 +66,10 @@ SMALL = {"target_size": 112, "window_sizes": (64,)}
 def test_reference_matches_naive_tiny(hw):
     m = _tiny(**SMALL)
     img, masks = _image(*hw), _masks(*hw, seed=hw[0])
+    # the case really has tokens covered by no mask and a mask (index -2) smaller than a patch
+    lay = make_layout(*hw, m.cfg)
+    tm = global_token_masks(torch.from_numpy(masks), (lay.resized_hw[0] // 16, lay.resized_hw[1] // 16))
+    assert not tm.any(0).all() and tm[-2].sum() <= 1 and masks[-2].sum() < 16 * 16
     got = m.embed_masks(img, masks)
     ref = naive_embed_masks(m.model, img, masks, m.cfg)
     assert got.shape == (len(masks), 32) and got.dtype == np.float32

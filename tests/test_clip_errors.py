@@ -97,3 +97,19 @@ def test_checkpoint_path_roundtrip_and_corrupt(tmp_path, tiny):
     with pytest.raises(CorruptFileError, match="bad.pt"):
         DBAClip.from_pretrained("tusss-tiny", weights=bad)
 
+
+
+def test_openai_style_jit_archive_roundtrip(tmp_path):
+    """A TorchScript archive (the format of OpenAI's ViT-B-16.pt) loads into the named architecture."""
+    torch.manual_seed(3)
+    src = DBAClip.from_pretrained("tusss-tiny", weights=None, target_size=64, window_sizes=(32,))
+    path = tmp_path / "tiny_openai.pt"
+    torch.jit.script(src.model).save(str(path))
+    loaded = DBAClip.from_pretrained("tusss-tiny", weights=path, target_size=64, window_sizes=(32,))
+    img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    masks = np.zeros((2, 40, 50), bool)
+    masks[0, :20] = True
+    masks[1, 15:, 10:] = True
+    np.testing.assert_allclose(loaded.embed_masks(img, masks), src.embed_masks(img, masks), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.encode_text(["cat", "dog"]), src.encode_text(["cat", "dog"]),
+                               rtol=1e-5, atol=1e-6)

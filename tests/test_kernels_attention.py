@@ -19,8 +19,10 @@ def _one_thread():
         yield
 
 
-def naive_dual_attention(q, k, v, token_masks, bias_value=-4.0, cls_visible=True, scale=None, mode="sum"):
-    """Independent reference: C = Σ_m m̂m̂ᵀ, Bias = 0 where C > 0.5 else bias_value, CLS row/col, two softmaxes."""
+def naive_dual_attention(q, k, v, token_masks, bias_value=-4.0, cls_visible=True, scale=None, mode="sum",
+                         force_diagonal=False):
+    """Independent reference: C = Σ_m m̂m̂ᵀ, Bias = 0 where C > 0.5 else bias_value, CLS query row 0, CLS column 0
+    if cls_visible, optional forced diagonal, two explicit softmaxes."""
     q, k, v = q.double(), k.double(), v.double()
     b, _, L, hd = q.shape
     s = hd**-0.5 if scale is None else scale
@@ -28,9 +30,11 @@ def naive_dual_attention(q, k, v, token_masks, bias_value=-4.0, cls_visible=True
     c = torch.einsum("bmi,bmj->bij", tm, tm)  # exact integer counts
     bias = torch.full((b, L, L), float(bias_value), dtype=torch.float64)
     bias[:, 1:, 1:] = torch.where(c > 0.5, 0.0, float(bias_value))
+    bias[:, 0, :] = 0.0
     if cls_visible:
-        bias[:, 0, :] = 0.0
         bias[:, :, 0] = 0.0
+    if force_diagonal:
+        bias[:, torch.arange(L), torch.arange(L)] = 0.0
     bias = bias[:, None]
     a = torch.softmax(s * q @ q.transpose(-1, -2) + bias, -1) + torch.softmax(s * k @ k.transpose(-1, -2) + bias, -1)
     out = a @ v
@@ -46,6 +50,8 @@ CASES = [
     (2, 1, (14, 14), 40, False, "mean", -8.0),  # Cityscapes-style cls_visible=False
     (3, 1, (14, 14), 33, True, "sum", -2.0),  # M just above one word
 ]
+# paper-style soft bias with forced diagonal (tusss/clip "paper" preset: per mask, c = 100, mean)
+DIAG_CASE = (4, 1, (14, 14), 1, True, "mean", -100.0)
 
 
 @functools.cache
@@ -110,6 +116,9 @@ def triton_outputs():
                      "kwargs": {"bias_value": bias, "cls_visible": cls_visible, "mode": mode}})
     q, k, v, tm = _strided_case()
     jobs.append({"fn": "attention", "args": [q, k, v, tm], "kwargs": {"scale": 0.3}})
+    q, k, v, tm = _inputs(DIAG_CASE, seed=2)
+    jobs.append({"fn": "attention", "args": [q, k, v, tm],
+                 "kwargs": {"bias_value": -100.0, "mode": "mean", "force_diagonal": True}})
     return run_in_interpreter(jobs)
 
 
@@ -128,6 +137,34 @@ def test_triton_non_contiguous_and_head_dim_32(triton_outputs):
     q, k, v, tm = _strided_case()
     ref = naive_dual_attention(q, k, v, tm, scale=0.3)
     assert rel_err(triton_outputs[len(CASES)], ref) < 1e-4
+
+
+def test_triton_force_diagonal(triton_outputs):
+    q, k, v, tm = _inputs(DIAG_CASE, seed=2)
+    ref = naive_dual_attention(q, k, v, tm, -100.0, True, mode="mean", force_diagonal=True)
+    assert rel_err(triton_outputs[len(CASES) + 1], ref) < 1e-4
+
+
+@pytest.mark.parametrize("force_diagonal", [False, True])
+def test_torch_twin_force_diagonal_and_no_bias(force_diagonal):
+    q, k, v, tm = _inputs(DIAG_CASE)
+    ref = naive_dual_attention(q, k, v, tm, -100.0, False, mode="mean", force_diagonal=force_diagonal)
+    out = masked_dual_attention(q, k, v, tm, bias_value=-100.0, cls_visible=False, mode="mean",
+                                force_diagonal=force_diagonal, backend="torch")
+    assert rel_err(out, ref) < 1e-4
+    no_bias = naive_dual_attention(q, k, v, torch.ones_like(tm))  # one mask covering everything = no bias
+    assert rel_err(masked_dual_attention(q, k, v, None), no_bias) < 1e-4
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[4], DIAG_CASE])
+def test_matches_dbaclip_hook(case):
+    """Same function as the DBAClip hook tusss/clip/attention.py (written independently), so the kernels can be
+    wired in as a drop-in."""
+    hook = pytest.importorskip("tusss.clip.attention").dual_softmax_attention
+    q, k, v, tm = _inputs(case)
+    *_, cls_visible, mode, bias = case
+    kw = {"bias_value": bias, "cls_visible": cls_visible, "mode": mode, "force_diagonal": case is DIAG_CASE}
+    assert rel_err(masked_dual_attention(q, k, v, tm, backend="torch", **kw), hook(q, k, v, tm, **kw)) < 1e-5
 
 
 def test_backend_selection(monkeypatch):

@@ -20,7 +20,8 @@ def _one_thread():
 
 
 def naive_paper_attention(q, k, v, token_masks, cls_visible=True, mode="sum", c=1e4):
-    """For every mask separately: Bias = −c·(1 − B), B = m̂m̂ᵀ ∨ I (+ CLS row/column), two softmaxes."""
+    """For every mask separately: Bias = −c·(1 − B), B = m̂m̂ᵀ ∨ I (+ CLS row, + CLS column if cls_visible),
+    two softmaxes."""
     b, _, L, hd = q.shape
     s = hd**-0.5
     lq = s * q @ q.transpose(-1, -2)  # the logits do not depend on the mask
@@ -31,8 +32,8 @@ def naive_paper_attention(q, k, v, token_masks, cls_visible=True, mode="sum", c=
         mm = torch.zeros(b, L, dtype=torch.bool)
         mm[:, 1:] = token_masks[:, j]
         B = (mm[:, :, None] & mm[:, None, :]) | eye
+        B[:, 0, :] = True  # the CLS query row is never biased
         if cls_visible:
-            B[:, 0, :] = True
             B[:, :, 0] = True
         bias = (-c * (~B).float())[:, None]
         a = torch.softmax(lq + bias, -1) + torch.softmax(lk + bias, -1)
@@ -91,6 +92,19 @@ def test_torch_twin_matches_separate_passes(case):
     shared, packed_out, p = paper_attention(q, k, v, tm, cls_visible=cls_visible, mode=mode, backend="torch")
     assert packed_out.shape == (int(tm.sum()), q.shape[1], q.shape[3])
     assert rel_err(unpack_paper(shared, packed_out, p), ref) < 1e-4
+
+
+def test_matches_dbaclip_per_mask_passes():
+    """Against the DBAClip hook (tusss/clip/attention.py) run once per mask as the ``paper`` preset does
+    (bias −100, forced diagonal, mean)."""
+    hook = pytest.importorskip("tusss.clip.attention").dual_softmax_attention
+    case = CASES[1]
+    q, k, v, tm = _inputs(case)
+    shared, out, p = paper_attention(q, k, v, tm, mode="mean", backend="torch")
+    dense = unpack_paper(shared, out, p)
+    for j in range(tm.shape[1]):
+        ref = hook(q, k, v, tm[:, j:j + 1], bias_value=-100.0, mode="mean", force_diagonal=True)
+        assert rel_err(dense[:, j], ref) < 1e-5
 
 
 @pytest.fixture(scope="module")

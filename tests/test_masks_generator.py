@@ -430,3 +430,18 @@ def test_vit_b_is_segment_anythings_architecture() -> None:
     assert sd_o.keys() == sd_r.keys()
     assert all(torch.equal(sd_o[k], sd_r[k]) for k in sd_o)
     assert ours.image_encoder.img_size == 1024 and wid == ""
+
+
+def test_fast_rle_equals_segment_anything() -> None:
+    from segment_anything.utils.amg import mask_to_rle_pytorch
+
+    from tusss.masks.generator import mask_to_rle_fast
+
+    rng = np.random.default_rng(0)
+    m = torch.from_numpy(rng.random((7, 9, 11)) < 0.5)
+    m[0] = True
+    m[1] = False
+    m[2, 0, 0] = True
+    m[3, 0, 0] = False
+    assert mask_to_rle_fast(m) == mask_to_rle_pytorch(m)
+    assert mask_to_rle_fast(m[:0]) == []

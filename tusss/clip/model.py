@@ -44,23 +44,35 @@ def _openai_checkpoint(model: str, path: str | os.PathLike | None = None) -> Pat
                               what=f"OpenAI CLIP {model} checkpoint")
 
 
-def _load_checkpoint_file(model_name: str, path: Path, device: str, quick_gelu: bool) -> torch.nn.Module:
-    """Load an OpenAI JIT archive / state dict, or an open_clip state dict, into a fresh model."""
+_NON_PARAM_KEYS = ("attn_mask", "input_resolution", "context_length", "vocab_size")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """State dict of an OpenAI TorchScript archive (``ViT-B-16.pt``) or of a ``torch.save``d state dict."""
     try:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.jit.load(str(path), map_location="cpu")
-            is_jit = True
-        except Exception:
-            is_jit = False
-        if is_jit:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return open_clip.load_openai_model(str(path), precision="fp32", device=device)
-        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu, device=device)
-        open_clip.load_checkpoint(model, str(path), strict=True)
-        return model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except Exception:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+            sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd:
+        raise ValueError("the file holds no state dict")
+    if next(iter(sd)).startswith("module."):
+        sd = {k[7:]: v for k, v in sd.items()}
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items() if k not in _NON_PARAM_KEYS}
+
+
+def _load_checkpoint_file(model_name: str, path: Path, device: str, quick_gelu: bool) -> torch.nn.Module:
+    """A fresh ``model_name`` (fp32) with the weights of ``path`` (OpenAI archive or open_clip state dict)."""
+    try:
+        sd = _read_state_dict(path)
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu, device="cpu")
+        if "logit_scale" in sd and sd["logit_scale"].shape != model.logit_scale.shape:
+            sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+        model.load_state_dict(sd, strict=True)
+        return model.to(device)
     except Exception as e:  # truncated file, wrong architecture, not a checkpoint
         raise CorruptFileError(f"cannot load CLIP weights for {model_name!r} from {path}: {e}") from e
 

@@ -2,7 +2,10 @@
 
 Built on segment_anything's ``SamAutomaticMaskGenerator``: its crop/grid/NMS/RLE utilities and its
 ``_generate_masks`` / ``postprocess_small_regions`` are reused unchanged; only the per-batch filtering and
-the per-crop NMS score are changed (the level tags and offsets), as TUSS's ``SamAuto`` does.
+the per-crop NMS score are changed (the level tags and offsets), as TUSS's ``SamAuto`` does. Two speed-ups
+that do not change the output (tested against ``SamAutomaticMaskGenerator``): the predicted-IoU filter runs
+before the low-res logits are up-sampled to the image size, and RLE encoding is linear in the mask count
+(:func:`mask_to_rle_fast`).
 
 Pipeline for one image (``generate``):
 1. crops = full image + ``crop_n_layers`` layers of crops; per crop, the point grid in batches;
