@@ -68,10 +68,12 @@ def _sandwich(masks: torch.Tensor, Y: torch.Tensor, X: torch.Tensor, dtype: torc
     ny, nx = Y.shape[0], X.shape[0]
     mf = masks.permute(1, 0, 2).reshape(h, m * w).to(dtype)  # (H, M·W); permute before widening the dtype
     if masks.device.type == "cpu":
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-        a = torch.sparse.mm(Y.to_sparse_csr(), mf)  # (ny, M·W)
+        with warnings.catch_warnings():  # torch calls sparse CSR "beta"; these CSR @ dense products are stable
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            ycsr, xcsr = Y.to_sparse_csr(), X.to_sparse_csr()
+        a = torch.sparse.mm(ycsr, mf)  # (ny, M·W)
         a = a.view(ny, m, w).permute(2, 1, 0).reshape(w, m * ny)  # (W, M·ny)
-        t = torch.sparse.mm(X.to_sparse_csr(), a).view(nx, m, ny).permute(1, 2, 0)  # (M, ny, nx)
+        t = torch.sparse.mm(xcsr, a).view(nx, m, ny).permute(1, 2, 0)  # (M, ny, nx)
     else:
         a = (Y @ mf).view(ny, m, w)  # dense (tensor cores) on GPU
         t = torch.einsum("ymw,xw->myx", a, X)

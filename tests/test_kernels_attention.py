@@ -177,6 +177,13 @@ def test_backend_selection(monkeypatch):
     with pytest.raises(InputError):
         resolve_backend(cpu)
     assert resolve_backend(cpu, "torch") == "torch"
+    from tusss.kernels._triton_util import HAS_TRITON, interpreting
+
+    if HAS_TRITON and not interpreting():  # CPU tensors cannot run compiled Triton kernels
+        monkeypatch.setenv("TUSSS_KERNELS", "triton")
+        with pytest.raises(InputError, match="TRITON_INTERPRET"):
+            masked_dual_attention(torch.randn(1, 1, 5, 16), torch.randn(1, 1, 5, 16), torch.randn(1, 1, 5, 16),
+                                  torch.ones(1, 1, 4, dtype=torch.bool))
 
 
 def test_input_errors():

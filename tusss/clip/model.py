@@ -192,10 +192,12 @@ class DBAClip:
 
         Args:
             image: (H, W, 3) uint8 RGB.
-            masks: (M, H, W) bool, M >= 1, every mask non-empty.
+            masks: (M, H, W) bool, M >= 1, every mask non-empty (or a ``MaskSet``: its ``.masks``).
         Returns:
             (M, D) float32.
         """
+        if not isinstance(masks, np.ndarray) and hasattr(masks, "masks"):
+            masks = masks.masks
         image = check_image(image)
         masks = check_masks(masks, image.shape[:2])
         lay, gfeat, wfeats = self.pass_features(image, masks)
