@@ -51,13 +51,18 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_fp32: tuple[str
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(src), load_external_data=True)
+    big = model.ByteSize() > EXTERNAL_DATA_BYTES
+    if not big:
+        # the exporter's value_info is re-inferred by the converter; stale entries would disagree with the
+        # converted types (onnx shape inference then fails on the fp16 graph)
+        del model.graph.value_info[:]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m16 = convert_float_to_float16(
             model,
             keep_io_types=True,
             op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(keep_fp32),
-            disable_shape_infer=model.ByteSize() > EXTERNAL_DATA_BYTES,
+            disable_shape_infer=big,  # onnx shape inference cannot take a > 2 GB proto: use the exporter's
         )
     return _save(m16, Path(dst))
 

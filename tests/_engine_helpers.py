@@ -26,7 +26,7 @@ def tiny_models(seed: int = SEED, **mask_overrides: object) -> Models:
     return load_models("vit_tiny", "tusss-tiny", "random", seed=seed, mask_overrides=mask_overrides or None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_engine_dir() -> Path:
     """An fp32 ONNX Runtime engine of :func:`tiny_models` (all four graphs), built once per process."""
     root = Path(tempfile.mkdtemp(prefix="tusss-test-engine-"))

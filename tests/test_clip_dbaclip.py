@@ -115,6 +115,7 @@ def test_reference_default_windows_match_naive():
     "preset,kw",
     [
         ("paper", {}),
+        ("paper", {"max_batch_tokens": 40}),  # several (crop, mask) chunks per forward
         ("maskclip", {}),
         ("sclip", {}),
         ("plain", {}),
@@ -213,3 +214,16 @@ def test_embed_masks_is_deterministic_and_batch_independent():
     a = m.embed_masks(img, masks)
     b = m.embed_masks(img, masks)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    cpu = _tiny(**SMALL)
+    torch.manual_seed(0)
+    gpu = DBAClip.from_pretrained("tusss-tiny", weights=None, device="cuda", **SMALL)
+    gpu.model.load_state_dict(cpu.model.state_dict())
+    hw = (97, 131)
+    img, masks = _image(*hw), _masks(*hw)
+    assert _rel(gpu.embed_masks(img, masks), cpu.embed_masks(img, masks)) < 1e-3  # TF32 / kernel differences
+    np.testing.assert_allclose(gpu.encode_text(["cat", "dog"]), cpu.encode_text(["cat", "dog"]), atol=1e-3)

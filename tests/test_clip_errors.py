@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import open_clip
 import pytest
@@ -104,7 +106,9 @@ def test_openai_style_jit_archive_roundtrip(tmp_path):
     torch.manual_seed(3)
     src = DBAClip.from_pretrained("tusss-tiny", weights=None, target_size=64, window_sizes=(32,))
     path = tmp_path / "tiny_openai.pt"
-    torch.jit.script(src.model).save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated, still works
+        torch.jit.script(src.model).save(str(path))
     loaded = DBAClip.from_pretrained("tusss-tiny", weights=path, target_size=64, window_sizes=(32,))
     img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     masks = np.zeros((2, 40, 50), bool)

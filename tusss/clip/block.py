@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tusss.clip.attention import dual_softmax_attention
+from tusss.clip.attention import build_attention_bias, dual_softmax_attention
 from tusss.clip.config import DBAClipConfig
 
 
@@ -106,8 +106,6 @@ class TowerRunner:
         elif cfg.attention == "qk":
             bias = None
             if tm is not None:
-                from tusss.clip.attention import build_attention_bias
-
                 bias = build_attention_bias(
                     tm, bias_value=cfg.bias_value, cls_visible=cfg.cls_visible,
                     force_diagonal=cfg.force_diagonal, dtype=q.dtype,
@@ -142,11 +140,10 @@ class TowerRunner:
             return out.reshape(B, h, w, -1)
         assert token_masks is not None
         M = token_masks.shape[1]
-        chunk = max(1, self.cfg.max_batch_tokens // L)  # sequences per chunk
-        flat_x = x[:, None].expand(B, M, L, x.shape[-1]).reshape(B * M, L, x.shape[-1])
+        chunk = max(1, self.cfg.max_batch_tokens // L)  # sequences (crop, mask) per chunk
         flat_t = token_masks.reshape(B * M, 1, -1)
-        outs = [
-            self.readout(self.last_block(flat_x[s: s + chunk], flat_t[s: s + chunk]))
-            for s in range(0, B * M, chunk)
-        ]
+        outs = []
+        for s in range(0, B * M, chunk):
+            idx = torch.arange(s, min(s + chunk, B * M), device=x.device)
+            outs.append(self.readout(self.last_block(x[idx // M], flat_t[idx])))
         return torch.cat(outs, 0).reshape(B, M, h, w, -1)
