@@ -66,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=256)
+    ap.add_argument("--rows", default="encoder,decoder,clip", help="subset of encoder,decoder,clip; other rows "
+                    "already in --out are kept")
     ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "engine.json"))
     a = ap.parse_args(argv)
+    rows = {r.strip() for r in a.rows.split(",")}
 
     from tusss.engine.check import compare
     from tusss.engine.graphs import OrtGraph
@@ -103,79 +106,94 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as td, torch.no_grad():
         td = Path(td)
-        # ---------------------------------------------------------------- SAM vit_b encoder
+        res["export_s"] = {}
         sam, _ = build_sam("vit_b", None)
-        t0 = time.perf_counter()
-        enc_path = export_module(SamEncoderGraph(sam), (torch.randn(2, 3, 1024, 1024),), td / "enc.onnx",
-                                 input_names=["images"], output_names=["image_embeddings"],
-                                 dynamic={"images": {0: ("N", 1, 8)}})
-        res["export_s"] = {"sam_encoder_vit_b": time.perf_counter() - t0}
         x = torch.randn(1, 3, 1024, 1024)
-        base, _, ref = timed(lambda: sam.image_encoder(x), a.repeats)
-        g = ort_graph(enc_path)
-        eng, _, got = timed(lambda: g.run({"images": x})[0], a.repeats)
-        row("sam_vit_b_encoder_1024", base, eng, ref, got,
-            profile=op_profile(enc_path, {"images": x.numpy()}, a.threads))
-        emb = ref
+        emb = None
+        # ---------------------------------------------------------------- SAM vit_b encoder
+        if "encoder" in rows:
+            t0 = time.perf_counter()
+            enc_path = export_module(SamEncoderGraph(sam), (torch.randn(2, 3, 1024, 1024),), td / "enc.onnx",
+                                     input_names=["images"], output_names=["image_embeddings"],
+                                     dynamic={"images": {0: ("N", 1, 8)}})
+            res["export_s"]["sam_encoder_vit_b"] = time.perf_counter() - t0
+            base, _, ref = timed(lambda: sam.image_encoder(x), a.repeats)
+            g = ort_graph(enc_path)
+            eng, _, got = timed(lambda: g.run({"images": x})[0], a.repeats)
+            row("sam_vit_b_encoder_1024", base, eng, ref, got,
+                profile=op_profile(enc_path, {"images": x.numpy()}, a.threads))
+            emb = ref
         # ---------------------------------------------------------------- SAM vit_b decoder, B prompts
-        t0 = time.perf_counter()
-        dec_path = export_module(SamDecoderGraph(sam), (emb, torch.rand(3, 1, 2) * 1024, torch.ones(3, 1)),
-                                 td / "dec.onnx", input_names=["image_embeddings", "point_coords", "point_labels"],
-                                 output_names=["low_res_masks", "iou_predictions"],
-                                 dynamic={"point_coords": {0: ("B", 1, 1024)}, "point_labels": {0: ("B", 1, 1024)}})
-        res["export_s"]["sam_decoder_vit_b"] = time.perf_counter() - t0
-        B = a.prompts
-        pts, lab = torch.rand(B, 1, 2) * 1024, torch.ones(B, 1)
-        pe = sam.prompt_encoder.get_dense_pe()
+        if "decoder" in rows:
+            emb = sam.image_encoder(x) if emb is None else emb
+            B = a.prompts
+            pts, lab = torch.rand(B, 1, 2) * 1024, torch.ones(B, 1)
+            pe = sam.prompt_encoder.get_dense_pe()
 
-        def eager_dec():
-            sp, de = sam.prompt_encoder(points=(pts, lab), boxes=None, masks=None)
-            return sam.mask_decoder(emb, pe, sp, de, multimask_output=True)[0]
+            def eager_dec():
+                sp, de = sam.prompt_encoder(points=(pts, lab), boxes=None, masks=None)
+                return sam.mask_decoder(emb, pe, sp, de, multimask_output=True)[0]
 
-        base, _, ref = timed(eager_dec, a.repeats)
-        g = ort_graph(dec_path)
-        feeds = {"image_embeddings": emb, "point_coords": pts, "point_labels": lab}
-        eng, _, got = timed(lambda: g.run(feeds)[0], a.repeats)
-        row(f"sam_vit_b_decoder_B{B}", base, eng, ref, got,
-            profile=op_profile(dec_path, {k: v.numpy() for k, v in feeds.items()}, a.threads))
+            base, _, ref = timed(eager_dec, a.repeats)
+            feeds = {"image_embeddings": emb, "point_coords": pts, "point_labels": lab}
+            for share in (True, False):
+                name = "dec.onnx" if share else "dec_noshare.onnx"
+                t0 = time.perf_counter()
+                dec_path = export_module(
+                    SamDecoderGraph(sam, share_first_layer=share), (emb, torch.rand(3, 1, 2) * 1024, torch.ones(3, 1)),
+                    td / name, input_names=["image_embeddings", "point_coords", "point_labels"],
+                    output_names=["low_res_masks", "iou_predictions"],
+                    dynamic={"point_coords": {0: ("B", 1, 1024)}, "point_labels": {0: ("B", 1, 1024)}})
+                res["export_s"][f"sam_decoder_vit_b{'' if share else '_noshare'}"] = time.perf_counter() - t0
+                g = ort_graph(dec_path)
+                eng, _, got = timed(lambda: g.run(feeds)[0], a.repeats)  # noqa: B023
+                row(f"sam_vit_b_decoder_B{B}{'' if share else '_no_layer0_sharing'}", base, eng, ref, got,
+                    profile=op_profile(dec_path, {k: v.numpy() for k, v in feeds.items()}, a.threads))
         # ---------------------------------------------------------------- DBA-CLIP windows + global
-        clip = DBAClip.from_pretrained("ViT-B-16", weights=None, preset="reference")
-        runner, cfg = clip.runner, clip.cfg
-        t0 = time.perf_counter()
-        win_path = export_module(
-            ClipWindowsGraph(clip.model, cfg),
-            (torch.randn(2, 3, 224, 224), clip.model.visual.positional_embedding.detach(), torch.zeros(2, 197, 197)),
-            td / "win.onnx", input_names=["pixels", "pos_embed", "bias"], output_names=["features"],
-            dynamic={"pixels": {0: ("N", 1, 64), 2: ("H", 16, 4096), 3: ("W", 16, 4096)},
-                     "pos_embed": {0: ("L", 2, 65537)}, "bias": {0: ("N", 1, 64), 1: ("L", 2, 65537),
-                                                                2: ("L", 2, 65537)}})
-        res["export_s"]["clip_windows_vit_b16"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        q_path = quantize_int8(win_path, td / "win_int8.onnx")
-        res["export_s"]["clip_windows_int8_quantize"] = time.perf_counter() - t0
-        gw, gq = ort_graph(win_path), ort_graph(q_path)
-        gen = torch.Generator().manual_seed(0)
-        for n, H, W in [(40, 224, 224), (1, 448, 608)]:
-            h, w = H // 16, W // 16
-            px = torch.randn(n, 3, H, W, generator=gen)
-            tm = torch.rand(n, 24, h * w, generator=gen) > 0.9
-            bias = build_attention_bias(tm, bias_value=cfg.bias_value, cls_visible=cfg.cls_visible)
-            pos = runner.pos_embed((h, w))
-            feeds = {"pixels": px, "pos_embed": pos, "bias": bias}
-            base, _, ref = timed(lambda: runner.features(px, tm), a.repeats)  # noqa: B023
-            ref = ref.reshape(n * h * w, -1)
-            eng, _, got = timed(lambda: gw.run(feeds)[0], a.repeats)  # noqa: B023
-            row(f"dbaclip_vit_b16_{n}x{H}x{W}", base, eng, ref, got.reshape(n * h * w, -1),
-                profile=op_profile(win_path, {k: v.numpy() for k, v in feeds.items()}, a.threads))
-            q, _, gotq = timed(lambda: gq.run(feeds)[0], a.repeats)  # noqa: B023
-            cmp = compare(ref, gotq.reshape(n * h * w, -1))
-            r = {"row": f"dbaclip_vit_b16_{n}x{H}x{W}_int8_vs_fp32", "fp32_ort_s": eng, "int8_ort_s": q,
-                 "speedup": eng / q, "eager_s": base, **cmp}
-            res["rows"].append(r)
-            log(f"[bench_engine] int8 {n}x{H}x{W}: fp32 {eng:.3f} s, int8 {q:.3f} s, {eng / q:.2f}x, "
-                f"cos {cmp['cosine']:.5f} (min row {cmp['min_row_cosine']:.5f})")
+        if "clip" in rows:
+            clip = DBAClip.from_pretrained("ViT-B-16", weights=None, preset="reference")
+            runner, cfg = clip.runner, clip.cfg
+            t0 = time.perf_counter()
+            win_path = export_module(
+                ClipWindowsGraph(clip.model, cfg),
+                (torch.randn(2, 3, 224, 224), clip.model.visual.positional_embedding.detach(),
+                 torch.zeros(2, 197, 197)),
+                td / "win.onnx", input_names=["pixels", "pos_embed", "bias"], output_names=["features"],
+                dynamic={"pixels": {0: ("N", 1, 64), 2: ("H", 16, 4096), 3: ("W", 16, 4096)},
+                         "pos_embed": {0: ("L", 2, 65537)}, "bias": {0: ("N", 1, 64), 1: ("L", 2, 65537),
+                                                                    2: ("L", 2, 65537)}})
+            res["export_s"]["clip_windows_vit_b16"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            q_path = quantize_int8(win_path, td / "win_int8.onnx")
+            res["export_s"]["clip_windows_int8_quantize"] = time.perf_counter() - t0
+            gw, gq = ort_graph(win_path), ort_graph(q_path)
+            gen = torch.Generator().manual_seed(0)
+            for n, H, W in [(40, 224, 224), (1, 448, 608)]:
+                h, w = H // 16, W // 16
+                px = torch.randn(n, 3, H, W, generator=gen)
+                tm = torch.rand(n, 24, h * w, generator=gen) > 0.9
+                bias = build_attention_bias(tm, bias_value=cfg.bias_value, cls_visible=cfg.cls_visible)
+                pos = runner.pos_embed((h, w))
+                feeds = {"pixels": px, "pos_embed": pos, "bias": bias}
+                base, _, ref = timed(lambda: runner.features(px, tm), a.repeats)  # noqa: B023
+                ref = ref.reshape(n * h * w, -1)
+                eng, _, got = timed(lambda: gw.run(feeds)[0], a.repeats)  # noqa: B023
+                row(f"dbaclip_vit_b16_{n}x{H}x{W}", base, eng, ref, got.reshape(n * h * w, -1),
+                    profile=op_profile(win_path, {k: v.numpy() for k, v in feeds.items()}, a.threads))
+                q, _, gotq = timed(lambda: gq.run(feeds)[0], a.repeats)  # noqa: B023
+                cmp = compare(ref, gotq.reshape(n * h * w, -1))
+                r = {"row": f"dbaclip_vit_b16_{n}x{H}x{W}_int8_vs_fp32", "fp32_ort_s": eng, "int8_ort_s": q,
+                     "speedup": eng / q, "eager_s": base, **cmp}
+                res["rows"].append(r)
+                log(f"[bench_engine] int8 {n}x{H}x{W}: fp32 {eng:.3f} s, int8 {q:.3f} s, {eng / q:.2f}x, "
+                    f"cos {cmp['cosine']:.5f} (min row {cmp['min_row_cosine']:.5f})")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_file() and rows != {"encoder", "decoder", "clip"}:  # partial rerun: keep the other rows
+        old = json.loads(out.read_text())
+        mine = {r["row"] for r in res["rows"]}
+        res["rows"] = [r for r in old.get("rows", []) if r["row"] not in mine] + res["rows"]
+        res["export_s"] = {**old.get("export_s", {}), **res["export_s"]}
     out.write_text(json.dumps(res, indent=2))
     print(f"{'row':<40} {'eager':>9} {'engine':>9} {'speedup':>8} {'rel err':>9} {'cosine':>9}")
     for r in res["rows"]:

@@ -10,9 +10,10 @@ what segment_anything computes, written so that the graph is clean for ONNX Runt
 * ``SamDecoderGraph``: one image embedding (1, 256, 64, 64) shared by a **prompt batch** of B prompts of
   N points each ((B, N, 2) coordinates in the 1024-frame, (B, N) labels) -> low-res masks
   (B, 3, 256, 256) logits and IoU predictions (B, 3) (SAM's ``multimask_output=True``). The prompt
-  encoder is re-expressed with ``where``/broadcast instead of boolean index assignment, and the image
-  embedding is broadcast with ``expand`` instead of ``repeat_interleave``; upsampling, thresholds, NMS and
-  the rest of automatic mask generation stay in the runtime.
+  encoder is re-expressed with ``where``/broadcast instead of boolean index assignment; the image
+  embedding is not repeated per prompt: the image-side projections of the first two-way layer are computed
+  once and broadcast (the per-prompt image tokens only exist after that layer's image->token update);
+  upsampling, thresholds, NMS and the rest of automatic mask generation stay in the runtime.
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ class SamDecoderGraph(nn.Module):
     ``postprocess_masks``.
     """
 
-    def __init__(self, sam: nn.Module) -> None:
+    def __init__(self, sam: nn.Module, share_first_layer: bool = True) -> None:
         super().__init__()
         pe = sam.prompt_encoder
+        self.share_first_layer = share_first_layer  # False: plain per-prompt layer 0 (for benchmarks)
         self.mask_decoder = sam.mask_decoder
         self.transformer = sam.mask_decoder.transformer
         self.register_buffer("gauss", pe.pe_layer.positional_encoding_gaussian_matrix.detach().clone())
@@ -108,22 +110,72 @@ class SamDecoderGraph(nn.Module):
         self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         md = self.mask_decoder
+        tr = self.transformer
         sparse = self.embed_points(point_coords, point_labels)
         B = sparse.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(B, -1, -1), sparse], dim=1)
         _, c, h, w = image_embeddings.shape
-        src = image_embeddings + self.no_mask.reshape(1, -1, 1, 1)
-        src = src.expand(B, -1, -1, -1)
-        pos = self.image_pe.expand(B, -1, -1, -1)
-        hs, src = self.transformer(src, pos, tokens)
+        # TwoWayTransformer.forward, with the image-side work of layer 0 done once for the whole batch
+        keys = (image_embeddings + self.no_mask.reshape(1, -1, 1, 1)).flatten(2).permute(0, 2, 1)  # (1, hw, C)
+        key_pe = self.image_pe.flatten(2).permute(0, 2, 1)
+        if self.share_first_layer:
+            queries, keys = _first_layer_shared(tr.layers[0], tokens, keys, tokens, key_pe)  # keys: (B, hw, C)
+            rest = tr.layers[1:]
+        else:
+            queries, keys, rest = tokens, keys.expand(B, -1, -1), tr.layers
+        for layer in rest:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
+        attn_out = tr.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys)
+        hs = tr.norm_final_attn(queries + attn_out)
         iou_token_out = hs[:, 0, :]
         n_mask = md.num_mask_tokens
         mask_tokens_out = hs[:, 1 : 1 + n_mask, :]
-        src = src.transpose(1, 2).reshape(B, c, h, w)
+        src = keys.transpose(1, 2).reshape(B, c, h, w)
         up = run_sequential(md.output_upscaling, src)
         hyper = torch.stack([md.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(n_mask)], 1)
         _, cu, hu, wu = up.shape
         masks = (hyper @ up.reshape(B, cu, hu * wu)).reshape(B, n_mask, hu, wu)
         iou = md.iou_prediction_head(iou_token_out)
         return masks[:, 1:], iou[:, 1:]
+
+
+def _attend(att: nn.Module, qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
+    """segment_anything ``Attention`` after its input projections; batch axes broadcast (1 vs B)."""
+    n = att.num_heads
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        b, t, ci = x.shape
+        return x.reshape(b, t, n, ci // n).transpose(1, 2)
+
+    q, k, v = heads(qp), heads(kp), heads(vp)
+    a = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), dim=-1)
+    o = torch.matmul(a, v)
+    b, _, t, _ = o.shape
+    return att.out_proj(o.transpose(1, 2).reshape(b, t, -1))
+
+
+def _first_layer_shared(
+    layer: nn.Module, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TwoWayAttentionBlock.forward`` for keys shared by the batch ((1, hw, C) image tokens).
+
+    Same maths; the projections of the image tokens (k, v of token->image attention, q of image->token
+    attention) are computed once instead of once per prompt (about a quarter of the decoder's work).
+    Returns (queries (B, T, C), keys (B, hw, C)).
+    """
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    queries = layer.norm1(queries)
+    t2i = layer.cross_attn_token_to_image
+    k_img = keys + key_pe
+    out = _attend(t2i, t2i.q_proj(queries + query_pe), t2i.k_proj(k_img), t2i.v_proj(keys))
+    queries = layer.norm2(queries + out)
+    queries = layer.norm3(queries + layer.mlp(queries))
+    i2t = layer.cross_attn_image_to_token
+    q = queries + query_pe
+    out = _attend(i2t, i2t.q_proj(k_img), i2t.k_proj(q), i2t.v_proj(queries))  # (B, hw, C)
+    return queries, layer.norm4(keys + out)

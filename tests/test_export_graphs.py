@@ -40,8 +40,8 @@ def _rel(ref: torch.Tensor, got: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------- wrappers vs originals
 @torch.no_grad()
-@pytest.mark.parametrize("B,N", [(1, 1), (5, 1), (33, 1), (4, 3)])
-def test_decoder_graph_matches_segment_anything(models, B, N):
+@pytest.mark.parametrize("B,N,share", [(1, 1, True), (5, 1, True), (33, 1, True), (4, 3, True), (5, 1, False)])
+def test_decoder_graph_matches_segment_anything(models, B, N, share):
     sam = models.mask_generator.sam
     g = torch.Generator().manual_seed(B * 10 + N)
     emb = torch.randn(1, 32, 16, 16, generator=g)
@@ -49,7 +49,7 @@ def test_decoder_graph_matches_segment_anything(models, B, N):
     lab = (torch.rand(B, N, generator=g) > 0.3).float()  # positive and negative points
     sp, de = sam.prompt_encoder(points=(pts, lab), boxes=None, masks=None)
     ref_m, ref_i = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sp, de, multimask_output=True)
-    m, i = SamDecoderGraph(sam)(emb, pts, lab)
+    m, i = SamDecoderGraph(sam, share_first_layer=share)(emb, pts, lab)
     assert m.shape == ref_m.shape == (B, 3, 64, 64) and i.shape == (B, 3)
     assert _rel(ref_m, m) < 1e-5 and _rel(ref_i, i) < 1e-5
 
