@@ -190,3 +190,22 @@ def test_vit_b_encoder_onnxruntime_parity(vitb_encoder):
     ref = sam.image_encoder(x)
     r = compare(ref, got)
     assert r["rel"] <= 1e-4 and r["cosine"] > 0.99999, r
+
+
+def test_external_data_for_big_graphs(models, engine_dir, tmp_path, monkeypatch):
+    # graphs over the limit (vit_h: 2.5 GB) are written with ONNX external data; use a tiny limit here
+    import tusss.export.precision as precision
+    from tusss.engine.manifest import read_manifest
+
+    from tusss.errors import CorruptFileError
+
+    monkeypatch.setattr(precision, "EXTERNAL_DATA_BYTES", 1000)
+    derive_engine(engine_dir, tmp_path / "ext", precision="fp16", log=None)
+    man = read_manifest(tmp_path / "ext")
+    for g in ("sam_encoder", "sam_decoder", "clip_windows", "clip_text"):
+        assert (tmp_path / "ext" / f"{g}.onnx.data").is_file() and f"{g}.onnx.data" in man.graphs[g].files
+    rep = check_engine(Engine.load(tmp_path / "ext"), models.mask_generator.sam, models.dbaclip, log=lambda s: None)
+    assert rep.ok
+    (tmp_path / "ext" / "clip_text.onnx.data").unlink()
+    with pytest.raises(CorruptFileError, match="incomplete: file 'clip_text.onnx.data'"):
+        Engine.load(tmp_path / "ext")
