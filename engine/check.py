@@ -61,8 +61,8 @@ class CheckReport:
 
 def compare(ref: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
     """max_abs, rel, cosine (flattened) and min per-row cosine (rows = leading axis) of ``got`` vs ``ref``."""
-    r = ref.detach().float().cpu().reshape(ref.shape[0], -1)
-    g = got.detach().float().cpu().reshape(got.shape[0], -1)
+    r = ref.detach().double().cpu().reshape(ref.shape[0], -1)  # float64: cosines of long vectors
+    g = got.detach().double().cpu().reshape(got.shape[0], -1)
     if r.shape != g.shape:
         raise ValueError(f"shape mismatch: reference {tuple(ref.shape)}, engine {tuple(got.shape)}")
     err = (r - g).abs().max().item() if r.numel() else 0.0

@@ -149,7 +149,9 @@ def _attend(att: nn.Module, qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor
         return x.reshape(b, t, n, ci // n).transpose(1, 2)
 
     q, k, v = heads(qp), heads(kp), heads(vp)
-    a = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), dim=-1)
+    # scale q before the product (q may be the shared batch-1 side): no division of the (B, h, Nq, Nk) logits
+    q = q * (1.0 / math.sqrt(q.shape[-1]))
+    a = torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1)
     o = torch.matmul(a, v)
     b, _, t, _ = o.shape
     return att.out_proj(o.transpose(1, 2).reshape(b, t, -1))

@@ -14,7 +14,7 @@ try:  # triton is optional at run time (CPU-only installs use the PyTorch twins)
 except Exception:  # pragma: no cover - depends on the install
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "interpreting", "device_key", "triton_usable"]
+__all__ = ["HAS_TRITON", "interpreting", "device_key", "triton_usable", "dual_softmax_tile"]
 
 
 def interpreting() -> bool:
@@ -41,3 +41,38 @@ def device_key(t: torch.Tensor) -> int:
         name = torch.cuda.get_device_name(t.device)
         return zlib.crc32(name.encode()) & 0x3FFFFFFF
     return 0
+
+
+if HAS_TRITON:
+    # Device functions shared by the kernels (attention_triton, packed_triton). Decorated here, at import time, so
+    # they follow TRITON_INTERPRET like the kernels that call them.
+
+    @triton.jit
+    def tile_dot(a, b, IEEE: tl.constexpr):
+        """a @ b with fp32 accumulation: exact fp32 products for fp32 inputs, tensor cores (a cast to b's dtype)
+        for fp16/bf16."""
+        if IEEE:
+            return tl.dot(a, b, input_precision="ieee")
+        else:
+            return tl.dot(a.to(b.dtype), b)
+
+    @triton.jit
+    def _online_softmax_step(m, l, acc, s, vj, IEEE: tl.constexpr):
+        mn = tl.maximum(m, tl.max(s, 1))
+        a = tl.exp2(m - mn)
+        p = tl.exp2(s - mn[:, None])
+        return mn, l * a + tl.sum(p, 1), acc * a[:, None] + tile_dot(p, vj, IEEE)
+
+    @triton.jit
+    def dual_softmax_tile(qi, ki, qj, kj, vj, bias, scale2, m1, l1, acc1, m2, l2, acc2, IEEE: tl.constexpr):
+        """One key tile of the two online softmaxes (base 2) of the dual attention.
+
+        Logits s·log2e·qi qjᵀ + bias and s·log2e·ki kjᵀ + bias (``scale2`` = s·log2e; ``bias`` (BLOCK_M, BLOCK_N)
+        in log2 units, −inf on padding columns); running max m, sum l and accumulator acc of each softmax are
+        updated with the values vj. Returns (m1, l1, acc1, m2, l2, acc2).
+        """
+        s1 = tile_dot(qi, tl.trans(qj), IEEE) * scale2 + bias
+        s2 = tile_dot(ki, tl.trans(kj), IEEE) * scale2 + bias
+        m1, l1, acc1 = _online_softmax_step(m1, l1, acc1, s1, vj, IEEE)
+        m2, l2, acc2 = _online_softmax_step(m2, l2, acc2, s2, vj, IEEE)
+        return m1, l1, acc1, m2, l2, acc2

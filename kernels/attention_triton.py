@@ -14,6 +14,9 @@ import torch
 
 from ._triton_util import HAS_TRITON, device_key, interpreting
 
+if HAS_TRITON:
+    from ._triton_util import dual_softmax_tile
+
 __all__ = ["dual_attention_triton"]
 
 LOG2E = 1.0 / math.log(2.0)
@@ -68,12 +71,6 @@ if HAS_TRITON:
             qj = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sql + offs_d[None, :], mask=cl_mask, other=0.0)
             kj = tl.load(K + b * skb + h * skh + offs_n[:, None] * skl + offs_d[None, :], mask=cl_mask, other=0.0)
             vj = tl.load(V + b * svb + h * svh + offs_n[:, None] * svl + offs_d[None, :], mask=cl_mask, other=0.0)
-            if IEEE:
-                s1 = tl.dot(qi, tl.trans(qj), input_precision="ieee")
-                s2 = tl.dot(ki, tl.trans(kj), input_precision="ieee")
-            else:
-                s1 = tl.dot(qi, tl.trans(qj))
-                s2 = tl.dot(ki, tl.trans(kj))
             # Bias tile from the membership words (0 where the two tokens share a mask).
             share = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
             bits_col = BITS + b * sbb + (offs_n - 1) * sbl
@@ -88,26 +85,8 @@ if HAS_TRITON:
                 vis = vis | (offs_m[:, None] == offs_n[None, :])
             bias = tl.where(vis, 0.0, bias2)
             bias = tl.where(ncol[None, :], bias, float("-inf"))
-            s1 = s1 * scale2 + bias
-            s2 = s2 * scale2 + bias
-            # online softmax #1 (queries)
-            m1n = tl.maximum(m1, tl.max(s1, 1))
-            a1 = tl.exp2(m1 - m1n)
-            p1 = tl.exp2(s1 - m1n[:, None])
-            l1 = l1 * a1 + tl.sum(p1, 1)
-            # online softmax #2 (keys)
-            m2n = tl.maximum(m2, tl.max(s2, 1))
-            a2 = tl.exp2(m2 - m2n)
-            p2 = tl.exp2(s2 - m2n[:, None])
-            l2 = l2 * a2 + tl.sum(p2, 1)
-            if IEEE:
-                acc1 = acc1 * a1[:, None] + tl.dot(p1, vj, input_precision="ieee")
-                acc2 = acc2 * a2[:, None] + tl.dot(p2, vj, input_precision="ieee")
-            else:
-                acc1 = acc1 * a1[:, None] + tl.dot(p1.to(vj.dtype), vj)
-                acc2 = acc2 * a2[:, None] + tl.dot(p2.to(vj.dtype), vj)
-            m1 = m1n
-            m2 = m2n
+            m1, l1, acc1, m2, l2, acc2 = dual_softmax_tile(qi, ki, qj, kj, vj, bias, scale2,
+                                                           m1, l1, acc1, m2, l2, acc2, IEEE)
 
         out = (acc1 / l1[:, None] + acc2 / l2[:, None]) * out_scale
         tl.store(OUT + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :],

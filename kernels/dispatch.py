@@ -1,9 +1,11 @@
-"""Backend selection for the DBA-CLIP kernels: ``TUSSS_KERNELS=triton|torch|auto`` (default auto).
+"""Backend selection for the DBA-CLIP kernels: ``TUSSS_KERNELS=triton|torch|auto|reference`` (default auto).
 
 auto  = Triton for CUDA tensors (when triton is installed), the PyTorch twin otherwise (CPU).
 triton = always Triton; on CPU tensors this needs the interpreter (TRITON_INTERPRET=1 set before the kernel
          modules are imported), else an InputError is raised.
 torch = always the PyTorch twin.
+reference = the PyTorch twin, and DBAClip runs the per-mask bias (``paper`` preset) as one last-block pass per mask
+         instead of the packed ragged attention (the plain materialised-bias path).
 The variable is read at every call. Both backends compute the same function (tests check it).
 """
 
@@ -21,7 +23,8 @@ from .bitsets import mask_bitsets
 from .packed import PackedMasks, pack_token_masks
 
 __all__ = ["ENV_VAR", "resolve_backend", "masked_dual_attention", "paper_attention", "paper_packed_attention",
-           "mask_pool_weights", "mask_pool", "gsw_pool_weights", "gsw_pool", "mask_bitsets", "pack_token_masks",
+           "mask_pool_weights", "mask_pool", "gsw_pool_weights", "layout_pool_weights", "gsw_pool",
+           "mask_bitsets", "pack_token_masks",
            "PackedMasks"]
 
 ENV_VAR = "TUSSS_KERNELS"
@@ -30,15 +33,16 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 mask_pool_weights = pooling.mask_pool_weights
 mask_pool = pooling.mask_pool
 gsw_pool_weights = pooling.gsw_pool_weights
+layout_pool_weights = pooling.layout_pool_weights
 gsw_pool = pooling.gsw_pool
 
 
 def resolve_backend(t: torch.Tensor, backend: str | None = None) -> str:
     """'triton' or 'torch' for tensor ``t``, from ``backend`` or ``$TUSSS_KERNELS`` (auto when unset)."""
     choice = (backend or os.environ.get(ENV_VAR, "auto") or "auto").strip().lower()
-    if choice not in ("auto", "triton", "torch"):
-        raise InputError(f"{ENV_VAR} must be one of triton|torch|auto, got {choice!r}")
-    if choice == "torch":
+    if choice not in ("auto", "triton", "torch", "reference"):
+        raise InputError(f"{ENV_VAR} must be one of triton|torch|auto|reference, got {choice!r}")
+    if choice in ("torch", "reference"):
         return "torch"
     if choice == "auto":
         return "triton" if (HAS_TRITON and t.is_cuda) else "torch"
@@ -74,7 +78,7 @@ def masked_dual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
                           ) -> torch.Tensor:
     """DBA-CLIP last-block attention, (softmax(s·qqᵀ+Bias) + softmax(s·kkᵀ+Bias))·v (reference §2).
 
-    Drop-in for ``tusss.clip.attention.dual_softmax_attention`` (same arguments, plus ``backend``).
+    DBAClip's last block (tusss/clip/block.py) calls this with bitsets built once per window batch.
 
     Args:
         q, k, v: (B, heads, L, head_dim) float32/float16/bfloat16; token 0 is CLS.

@@ -8,7 +8,7 @@ does not depend on m. So the M per-mask passes (cost M·L²) split into
     tokens of m (+ CLS when visible) — cost Σ n_m².
 Per-mask output of token i: packed row if i ∈ m, else the shared row. Visibility used everywhere:
     vis_m(i, j) = (i ∈ m and j ∈ m) or i == j or i == 0 or (cls_visible and j == 0)
-(tusss/clip/attention.py with force_diagonal=True, the ``paper`` preset; c = 100 there).
+(:func:`masked_dual_attention` with force_diagonal=True run once per mask: the ``paper`` preset, c = 100 there).
 The softmaxes are (softmax(s q qᵀ + B) + softmax(s k kᵀ + B)) v (mode "sum"; "mean" halves it, Eq. 9).
 With a finite c the result differs by O(L·e^{-c}) relative (≈ 1e-11 for c = 30 in fp32).
 """

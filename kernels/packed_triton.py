@@ -12,6 +12,9 @@ import math
 import torch
 
 from ._triton_util import HAS_TRITON, device_key, interpreting
+
+if HAS_TRITON:
+    from ._triton_util import dual_softmax_tile
 from .packed import PackedMasks
 
 __all__ = ["packed_attention_triton"]
@@ -80,30 +83,9 @@ if HAS_TRITON:
                 qj = tl.load(qb + tj[:, None] * sql + offs_d[None, :], mask=cl, other=0.0)
                 kj = tl.load(kb + tj[:, None] * skl + offs_d[None, :], mask=cl, other=0.0)
                 vj = tl.load(vb + tj[:, None] * svl + offs_d[None, :], mask=cl, other=0.0)
-                if IEEE:
-                    s1 = tl.dot(qi, tl.trans(qj), input_precision="ieee")
-                    s2 = tl.dot(ki, tl.trans(kj), input_precision="ieee")
-                else:
-                    s1 = tl.dot(qi, tl.trans(qj))
-                    s2 = tl.dot(ki, tl.trans(kj))
-                s1 = tl.where(cmask[None, :], s1 * scale2, float("-inf"))
-                s2 = tl.where(cmask[None, :], s2 * scale2, float("-inf"))
-                m1n = tl.maximum(m1, tl.max(s1, 1))
-                a1 = tl.exp2(m1 - m1n)
-                p1 = tl.exp2(s1 - m1n[:, None])
-                l1 = l1 * a1 + tl.sum(p1, 1)
-                m2n = tl.maximum(m2, tl.max(s2, 1))
-                a2 = tl.exp2(m2 - m2n)
-                p2 = tl.exp2(s2 - m2n[:, None])
-                l2 = l2 * a2 + tl.sum(p2, 1)
-                if IEEE:
-                    acc1 = acc1 * a1[:, None] + tl.dot(p1, vj, input_precision="ieee")
-                    acc2 = acc2 * a2[:, None] + tl.dot(p2, vj, input_precision="ieee")
-                else:
-                    acc1 = acc1 * a1[:, None] + tl.dot(p1.to(vj.dtype), vj)
-                    acc2 = acc2 * a2[:, None] + tl.dot(p2.to(vj.dtype), vj)
-                m1 = m1n
-                m2 = m2n
+                bias = tl.where(cmask[None, :], 0.0, float("-inf"))
+                m1, l1, acc1, m2, l2, acc2 = dual_softmax_tile(qi, ki, qj, kj, vj, bias, scale2,
+                                                               m1, l1, acc1, m2, l2, acc2, IEEE)
             out = (acc1 / l1[:, None] + acc2 / l2[:, None]) * out_scale
             tl.store(OUT + rows[:, None] * sot + h * soh + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=ldm)
 

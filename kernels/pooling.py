@@ -28,7 +28,7 @@ from tusss.errors import InputError
 from .interp import bilinear_matrix
 
 __all__ = [
-    "window_starts", "mask_pool_weights", "mask_pool", "gsw_pool_weights", "gsw_pool",
+    "window_starts", "mask_pool_weights", "mask_pool", "gsw_pool_weights", "layout_pool_weights", "gsw_pool",
     "mask_pool_reference", "gsw_pool_reference",
 ]
 
@@ -113,7 +113,7 @@ def gsw_pool_weights(masks: torch.Tensor, resized: tuple[int, int], *, window: i
                      patch: int = 16, global_weight: float = 0.5, ys: Sequence[int] | None = None,
                      xs: Sequence[int] | None = None, dtype: torch.dtype = torch.float32,
                      ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Pooling weights of the whole GSW feature (reference §3) for all masks.
+    """Pooling weights of the whole GSW feature (reference §3) for all masks, one square window size.
 
     Args:
         masks: (M, H0, W0) bool, original-resolution masks.
@@ -126,44 +126,84 @@ def gsw_pool_weights(masks: torch.Tensor, resized: tuple[int, int], *, window: i
         (w_global, w_windows): w_global (M, hg·wg) (None if g = 0) with hg, wg = Hr/patch, Wr/patch, and
         w_windows (M, K, (window/patch)²), K = len(ys)·len(xs). Token order is row-major in each pass.
     """
+    hr, wr = int(resized[0]), int(resized[1])
+    ys = list(window_starts(hr, window, stride) if ys is None else ys)
+    xs = list(window_starts(wr, window, stride) if xs is None else xs)
+    w_global, w_groups = layout_pool_weights(masks, resized, [((window, window), ys, xs)], patch=patch,
+                                             global_weight=global_weight, dtype=dtype)
+    return w_global, w_groups[0]
+
+
+def layout_pool_weights(masks: torch.Tensor, resized: tuple[int, int],
+                        groups: Sequence[tuple[tuple[int, int], Sequence[int], Sequence[int]]], *,
+                        patch: int = 16, global_weight: float = 0.5, antialias: bool = True,
+                        dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Pooling weights of a general GSW layout: a global pass plus any number of window groups.
+
+    F = g·global + (1-g)/G · Σ_groups canvas_group / count_group (reference §3; Cityscapes: G = 2 window sizes,
+    g = 0), bilinearly resized to the masks' resolution and averaged over each mask.
+
+    Args:
+        masks: (M, H0, W0) bool, original-resolution masks (every mask non-empty).
+        resized: (Hr, Wr) resized image size (multiples of ``patch``).
+        groups: per window size ((wh, ww), ys, xs): window size in pixels (multiples of ``patch``) and the
+            window starts per axis; windows are ``ys × xs``, y-major.
+        global_weight: g; 0 drops the global pass (then ``groups`` must be non-empty).
+        antialias: antialias flag of the bilinear window upsampling (reference True).
+    Returns:
+        w_global (M, Hr/patch · Wr/patch) or None when g = 0, and per group (M, K, (wh/patch)·(ww/patch)).
+    """
     _check_masks(masks)
     nm, h0, w0 = masks.shape
     hr, wr = int(resized[0]), int(resized[1])
     if hr % patch or wr % patch:
         raise InputError(f"resized size {resized} must be a multiple of the patch size {patch}")
-    dev = masks.device
-    ys = list(window_starts(hr, window, stride) if ys is None else ys)
-    xs = list(window_starts(wr, window, stride) if xs is None else xs)
     g = float(global_weight)
-    gw = window // patch
-    ra = bilinear_matrix(window, gw, antialias=True, dtype=torch.float64)  # (224, 14)
+    if g == 0.0 and not groups:
+        raise InputError("a layout needs a global pass (global_weight > 0) or at least one window group")
+    lw = (1.0 - g) / len(groups) if groups else 0.0
 
-    def axis_ops(full: int, red: int, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rf = bilinear_matrix(full, red, dtype=torch.float64)  # final resize, (H0, Hr)
-        rg = bilinear_matrix(red, red // patch, dtype=torch.float64)  # global upsample, (Hr, hg)
-        glob = (rf @ rg).T  # (hg, H0)
+    def axis_ops(full: int, red: int, win: int, starts: Sequence[int]) -> torch.Tensor:
+        if win % patch:
+            raise InputError(f"window size {win} must be a multiple of the patch size {patch}")
+        ra = bilinear_matrix(win, win // patch, antialias=antialias, dtype=torch.float64)  # (win, win/patch)
         cnt = torch.zeros(red, dtype=torch.float64)
         for s in starts:
-            if s < 0 or s + window > red:
-                raise InputError(f"window start {s} puts a {window}-window outside the axis of length {red}")
-            cnt[s:s + window] += 1
+            if s < 0 or s + win > red:
+                raise InputError(f"window start {s} puts a {win}-window outside the axis of length {red}")
+            cnt[s:s + win] += 1
         if bool((cnt == 0).any()):
-            raise InputError(f"windows {starts} do not cover the axis of length {red}")
-        rft = rf.T / cnt.view(-1, 1)  # diag(1/c) Rfᵀ, (Hr, H0)
-        wins = torch.cat([ra.T @ rft[s:s + window] for s in starts], 0)  # (n·14, H0)
-        return glob, wins
+            raise InputError(f"windows {list(starts)} do not cover the axis of length {red}")
+        rft = bilinear_matrix(full, red, dtype=torch.float64).T / cnt.view(-1, 1)  # diag(1/c) Rfᵀ, (Hr, H0)
+        return torch.cat([ra.T @ rft[s:s + win] for s in starts], 0)  # (n·win/patch, H0)
 
-    gy, ay = axis_ops(h0, hr, ys)
-    gx, ax = axis_ops(w0, wr, xs)
-    Y = torch.cat([g * gy, (1.0 - g) * ay], 0).to(device=dev)
-    X = torch.cat([gx, ax], 0).to(device=dev)
+    ys_ops, xs_ops = [], []
+    if g != 0.0:  # (Rf Rg)ᵀ, (hg, H0)
+        ys_ops.append(g * (bilinear_matrix(h0, hr, dtype=torch.float64)
+                           @ bilinear_matrix(hr, hr // patch, dtype=torch.float64)).T)
+        xs_ops.append((bilinear_matrix(w0, wr, dtype=torch.float64)
+                       @ bilinear_matrix(wr, wr // patch, dtype=torch.float64)).T)
+    for (wh, ww), gys, gxs in groups:
+        ys_ops.append(lw * axis_ops(h0, hr, int(wh), gys))
+        xs_ops.append(axis_ops(w0, wr, int(ww), gxs))
+    Y = torch.cat(ys_ops, 0).to(device=masks.device)
+    X = torch.cat(xs_ops, 0).to(device=masks.device)
     t, area = _sandwich(masks, Y, X, dtype)
-    t = t / area.view(-1, 1, 1)  # (M, hg + 14·na, wg + 14·nb)
-    hg, wg = hr // patch, wr // patch
-    w_global = t[:, :hg, :wg].reshape(nm, hg * wg) if g != 0.0 else None
-    loc = t[:, hg:, wg:].reshape(nm, len(ys), gw, len(xs), gw).permute(0, 1, 3, 2, 4)
-    w_windows = loc.reshape(nm, len(ys) * len(xs), gw * gw)
-    return w_global, w_windows
+    t = t / area.view(-1, 1, 1)  # (M, rows of all passes, cols of all passes); only diagonal blocks are used
+    y0 = x0 = 0
+    w_global = None
+    if g != 0.0:
+        hg, wg = hr // patch, wr // patch
+        w_global = t[:, :hg, :wg].reshape(nm, hg * wg)
+        y0, x0 = hg, wg
+    w_groups = []
+    for (wh, ww), gys, gxs in groups:
+        gh, gw = int(wh) // patch, int(ww) // patch
+        ny, nx = len(gys), len(gxs)
+        blk = t[:, y0:y0 + ny * gh, x0:x0 + nx * gw].reshape(nm, ny, gh, nx, gw).permute(0, 1, 3, 2, 4)
+        w_groups.append(blk.reshape(nm, ny * nx, gh * gw))
+        y0, x0 = y0 + ny * gh, x0 + nx * gw
+    return w_global, w_groups
 
 
 def gsw_pool(w_global: torch.Tensor | None, w_windows: torch.Tensor, f_global: torch.Tensor | None,

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +50,13 @@ def single_thread():
         torch.set_num_threads(old)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Module-wide :func:`single_thread`; import it into a test module to activate it there (autouse)."""
+    with single_thread():
+        yield
+
+
 def random_pixel_masks(n: int, h: int, w: int, gen: torch.Generator, *, tiny: int = 0) -> torch.Tensor:
     """(n, h, w) bool: random overlapping rectangles/blobs of varied size; the last ``tiny`` masks are 1–4 px
     (smaller than one 16-px patch). Every mask is non-empty."""
@@ -86,6 +94,15 @@ def random_token_masks(b: int, m: int, grid: tuple[int, int], gen: torch.Generat
         pm = random_pixel_masks(m, 16 * h, 16 * w, gen, tiny=max(0, m // 8))
         outs.append(token_masks_from_pixels(pm, grid))
     return torch.stack(outs)
+
+
+def attention_inputs(b: int, h: int, grid: tuple[int, int], m: int, seed: int = 0, head_dim: int = 64
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random q, k, v (b, h, L, head_dim), L = h·w + 1, and (b, m, h·w) token masks (:func:`random_token_masks`)."""
+    gen = torch.Generator().manual_seed(seed)
+    L = grid[0] * grid[1] + 1
+    q, k, v = (torch.randn(b, h, L, head_dim, generator=gen) for _ in range(3))
+    return q, k, v, random_token_masks(b, m, grid, gen)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,4 +1,6 @@
-"""Kernel hooks: dual_softmax_attention (explicit formula) and the GSW pooling (dense up-sampling)."""
+"""DBA-CLIP's hooks against the naive oracle's pieces: the last-block attention (tusss.kernels' PyTorch twin, as
+DBAClip calls it) with the loop-built bias, the bias by hand, token masks, and the GSW pooling of
+tusss/clip/pooling.py (dense up-sampling), incl. the per-mask (packed) features of the ``paper`` preset."""
 
 from __future__ import annotations
 
@@ -7,20 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from naive_dbaclip import bilinear_matrix, naive_bias, upsample
+from tusss.kernels import bilinear_matrix as kernel_bilinear_matrix
+from tusss.kernels import mask_pool, masked_dual_attention, pack_token_masks
 
+from tests._kernels_helpers import one_thread  # noqa: F401 (autouse fixture: torch on one thread)
 from tusss.clip import DBAClipConfig
-from tusss.clip.attention import build_attention_bias, dual_softmax_attention
+from tusss.clip.attention import build_attention_bias
+from tusss.clip.block import PerMaskFeatures
 from tusss.clip.gsw import global_token_masks, make_layout, nearest_indices, window_token_masks
-from tusss.clip.pooling import gsw_pool, interp_matrix, pool_feature_map
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors on a shared 2-core machine: one thread is much faster than two contended ones
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tusss.clip.pooling import gsw_pool
 
 
 def _explicit(q, k, v, tm, cfg_like, mode):
@@ -40,7 +37,7 @@ def _explicit(q, k, v, tm, cfg_like, mode):
 @pytest.mark.parametrize("cls_visible", [True, False])
 @pytest.mark.parametrize("force_diagonal", [False, True])
 @pytest.mark.parametrize("mode", ["sum", "mean"])
-def test_dual_softmax_attention_matches_formula(cls_visible, force_diagonal, mode):
+def test_dual_attention_matches_formula(cls_visible, force_diagonal, mode):
     g = torch.Generator().manual_seed(0)
     B, H, n, hd, M = 2, 3, 5, 8, 4
     L = n * n + 1
@@ -50,12 +47,12 @@ def test_dual_softmax_attention_matches_formula(cls_visible, force_diagonal, mod
     cfg = DBAClipConfig.preset(
         "reference", bias_value=-4.0, cls_visible=cls_visible, force_diagonal=force_diagonal
     )
-    got = dual_softmax_attention(q, k, v, tm, bias_value=-4.0, cls_visible=cls_visible, scale=hd ** -0.5,
-                                 mode=mode, force_diagonal=force_diagonal)
+    got = masked_dual_attention(q, k, v, tm, bias_value=-4.0, cls_visible=cls_visible, scale=hd ** -0.5,
+                                mode=mode, force_diagonal=force_diagonal, backend="torch")
     ref = _explicit(q, k, v, tm, cfg, mode)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
     # no bias
-    got0 = dual_softmax_attention(q, k, v, None, scale=None, mode=mode)
+    got0 = masked_dual_attention(q, k, v, None, scale=None, mode=mode)
     torch.testing.assert_close(got0.double(), _explicit(q, k, v, None, cfg, mode), rtol=1e-5, atol=1e-5)
 
 
@@ -87,13 +84,11 @@ def test_nearest_indices_are_pytorchs(n_in, n_out):
     assert np.abs(nearest_indices(n_in, n_out).numpy() - exp).max() <= 1
 
 
-@pytest.mark.parametrize("n_in,n_out,aa", [(14, 224, True), (28, 448, False), (448, 375, False), (19, 304, True)])
-def test_interp_matrix_matches_formula_and_interpolate(n_in, n_out, aa):
-    U = interp_matrix(n_in, n_out, antialias=aa, dtype=torch.float64)
+@pytest.mark.parametrize("n_in,n_out", [(14, 224), (28, 448), (448, 375), (19, 304)])
+def test_interpolation_matrix_matches_formula(n_in, n_out):
+    """tusss.kernels' bilinear matrix (the one used by the pooling) == the textbook formula of the naive oracle."""
+    U = kernel_bilinear_matrix(n_out, n_in, dtype=torch.float64)
     np.testing.assert_allclose(U.numpy(), bilinear_matrix(n_in, n_out), atol=1e-12)
-    x = torch.randn(1, 1, n_in, 7, dtype=torch.float64)
-    ref = F.interpolate(x, size=(n_out, 7), mode="bilinear", align_corners=False, antialias=aa)[0, 0]
-    torch.testing.assert_close(U @ x[0, 0], ref)
 
 
 def _blobs(M, H, W, seed):
@@ -128,7 +123,42 @@ def test_gsw_pool_matches_dense_fusion():
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
     # single map pooling
     ref1 = torch.stack([upsample(gfeat.permute(2, 0, 1), (H0, W0))[:, torch.from_numpy(m)].mean(1) for m in masks])
-    torch.testing.assert_close(pool_feature_map(gfeat, torch.from_numpy(masks)).double(), ref1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mask_pool(gfeat, torch.from_numpy(masks)).double(), ref1, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("global_weight", [0.5, 0.0])
+def test_gsw_pool_per_mask_features_packed_equals_dense(global_weight):
+    """PerMaskFeatures (shared map + packed rows of the tokens inside each mask) pool exactly like the dense
+    (n, M, h, w, D) per-mask maps they stand for."""
+    H0, W0, D = 75, 101, 6
+    cfg = DBAClipConfig.preset("paper", target_size=112, window_sizes=(64,), global_weight=global_weight)
+    lay = make_layout(H0, W0, cfg)
+    masks = torch.from_numpy(_blobs(4, H0, W0, 2))
+    g = torch.Generator().manual_seed(1)
+
+    def both(token_masks, h, w):
+        n, M, _ = token_masks.shape
+        shared = torch.randn(n, h * w, D, generator=g)
+        pm = pack_token_masks(token_masks)
+        packed = torch.randn(pm.total, D, generator=g)
+        offs = pm.seg_offsets.long()
+        rows_b = torch.repeat_interleave(pm.seg_batch.long(), offs[1:] - offs[:-1])
+        feats = PerMaskFeatures(shared, packed, pm, rows_b, pm.token_index.long() - 1)
+        dense = shared[:, None].expand(n, M, h * w, D).clone()
+        dense[rows_b, feats.row_mask(), feats.row_token] = packed
+        return feats, dense.reshape(n, M, h, w, D)
+
+    Hr, Wr = lay.resized_hw
+    gp, gd = None, None
+    if lay.has_global:
+        gp, gd = both(global_token_masks(masks, (Hr // 16, Wr // 16))[None], Hr // 16, Wr // 16)
+        gd = gd[0]
+    grp = lay.groups[0]
+    wp, wd = both(window_token_masks(masks, lay, grp, cfg), 4, 4)
+    assert wp.packing.total > 0
+    got = gsw_pool(masks, lay, gp, [wp])
+    ref = gsw_pool(masks, lay, gd, [wd])
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_token_masks_match_interpolate():

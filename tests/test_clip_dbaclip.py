@@ -8,19 +8,13 @@ import pytest
 import torch
 from naive_dbaclip import naive_embed_masks
 
+from tests._kernels_helpers import one_thread  # noqa: F401 (autouse fixture: torch on one thread)
 from tusss.clip import DBAClip, DBAClipConfig
 from tusss.clip.gsw import global_token_masks, make_layout, normalize_image
 
 RTOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread is much faster than two contended ones
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,18 +7,10 @@ import open_clip
 import pytest
 import torch
 
+from tests._kernels_helpers import one_thread  # noqa: F401 (autouse fixture: torch on one thread)
 from tusss.clip import DBAClip, get_templates, get_vocabulary
 from tusss.clip.vocabularies import VOCABULARIES
 from tusss.errors import InputError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors on a shared 2-core machine: one thread is much faster than two contended ones
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

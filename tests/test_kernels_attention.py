@@ -9,14 +9,14 @@ import pytest
 import torch
 from tusss.kernels import mask_bitsets, masked_dual_attention, resolve_backend, unpack_bitsets
 
-from tests._kernels_helpers import random_token_masks, rel_err, run_in_interpreter, single_thread
+from tests._kernels_helpers import (
+    attention_inputs,
+    one_thread,  # noqa: F401 (autouse fixture: torch on one thread)
+    random_token_masks,
+    rel_err,
+    run_in_interpreter,
+)
 from tusss.errors import InputError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def naive_dual_attention(q, k, v, token_masks, bias_value=-4.0, cls_visible=True, scale=None, mode="sum",
@@ -56,12 +56,7 @@ DIAG_CASE = (4, 1, (14, 14), 1, True, "mean", -100.0)
 
 @functools.cache
 def _inputs(case, seed=0):
-    b, h, grid, m, *_ = case
-    gen = torch.Generator().manual_seed(seed)
-    L = grid[0] * grid[1] + 1
-    q, k, v = (torch.randn(b, h, L, 64, generator=gen) for _ in range(3))
-    tm = random_token_masks(b, m, grid, gen)
-    return q, k, v, tm
+    return attention_inputs(*case[:4], seed=seed)
 
 
 def test_bitsets_roundtrip_and_sharing():
@@ -154,17 +149,6 @@ def test_torch_twin_force_diagonal_and_no_bias(force_diagonal):
     assert rel_err(out, ref) < 1e-4
     no_bias = naive_dual_attention(q, k, v, torch.ones_like(tm))  # one mask covering everything = no bias
     assert rel_err(masked_dual_attention(q, k, v, None), no_bias) < 1e-4
-
-
-@pytest.mark.parametrize("case", [CASES[1], CASES[4], DIAG_CASE])
-def test_matches_dbaclip_hook(case):
-    """Same function as the DBAClip hook tusss/clip/attention.py (written independently), so the kernels can be
-    wired in as a drop-in."""
-    hook = pytest.importorskip("tusss.clip.attention").dual_softmax_attention
-    q, k, v, tm = _inputs(case)
-    *_, cls_visible, mode, bias = case
-    kw = {"bias_value": bias, "cls_visible": cls_visible, "mode": mode, "force_diagonal": case is DIAG_CASE}
-    assert rel_err(masked_dual_attention(q, k, v, tm, backend="torch", **kw), hook(q, k, v, tm, **kw)) < 1e-5
 
 
 def test_backend_selection(monkeypatch):

@@ -15,7 +15,7 @@ from tusss.kernels import (
     unpack_paper,
 )
 
-from tests._kernels_helpers import random_pixel_masks, random_token_masks, rel_err
+from tests._kernels_helpers import attention_inputs, random_pixel_masks, rel_err
 
 pytestmark = pytest.mark.cuda
 
@@ -24,11 +24,7 @@ SHAPES = [(40, 12, (14, 14), 40), (1, 12, (28, 42), 300), (2, 12, (28, 42), 40)]
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 
-def _inputs(b, h, grid, m, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    L = grid[0] * grid[1] + 1
-    q, k, v = (torch.randn(b, h, L, 64, generator=gen) for _ in range(3))
-    return q, k, v, random_token_masks(b, m, grid, gen)
+_inputs = attention_inputs
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -7,16 +7,15 @@ import functools
 
 import pytest
 import torch
-from tusss.kernels import pack_token_masks, paper_attention, unpack_paper
+from tusss.kernels import masked_dual_attention, pack_token_masks, paper_attention, unpack_paper
 
-from tests._kernels_helpers import random_token_masks, rel_err, run_in_interpreter, single_thread
+from tests._kernels_helpers import (
+    attention_inputs,
+    one_thread,  # noqa: F401 (autouse fixture: torch on one thread)
+    rel_err,
+    run_in_interpreter,
+)
 from tusss.errors import InputError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def naive_paper_attention(q, k, v, token_masks, cls_visible=True, mode="sum", c=1e4):
@@ -53,12 +52,8 @@ CASES = [
 
 @functools.cache
 def _inputs(case, seed=0):
-    b, h, grid, m, *_ = case
-    gen = torch.Generator().manual_seed(seed)
-    L = grid[0] * grid[1] + 1
-    q, k, v = (torch.randn(b, h, L, 64, generator=gen) for _ in range(3))
-    tm = random_token_masks(b, m, grid, gen)
-    if m == 1:
+    q, k, v, tm = attention_inputs(*case[:4], seed=seed)
+    if case[3] == 1:
         tm[:, 0, :90] = True  # one big mask spanning several 64-token tiles
     return q, k, v, tm
 
@@ -95,9 +90,9 @@ def test_torch_twin_matches_separate_passes(case):
 
 
 def test_matches_dbaclip_per_mask_passes():
-    """Against the DBAClip hook (tusss/clip/attention.py) run once per mask as the ``paper`` preset does
-    (bias −100, forced diagonal, mean)."""
-    hook = pytest.importorskip("tusss.clip.attention").dual_softmax_attention
+    """Against DBAClip's non-packed per-mask path (TUSSS_KERNELS=reference): the biased attention run once per mask
+    as the ``paper`` preset defines it (bias −100, forced diagonal, mean)."""
+    hook = functools.partial(masked_dual_attention, backend="torch")
     case = CASES[1]
     q, k, v, tm = _inputs(case)
     shared, out, p = paper_attention(q, k, v, tm, mode="mean", backend="torch")

@@ -8,14 +8,12 @@ import torch
 import torch.nn.functional as F
 from tusss.kernels import bilinear_matrix, gsw_pool, gsw_pool_weights, mask_pool, mask_pool_weights, window_starts
 
-from tests._kernels_helpers import random_pixel_masks, rel_err, single_thread
+from tests._kernels_helpers import (
+    one_thread,  # noqa: F401 (autouse fixture: torch on one thread)
+    random_pixel_masks,
+    rel_err,
+)
 from tusss.errors import InputError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 @pytest.mark.parametrize("antialias", [False, True])

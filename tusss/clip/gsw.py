@@ -21,6 +21,7 @@ from PIL import Image
 
 from tusss.clip.config import DBAClipConfig
 from tusss.errors import InputError
+from tusss.kernels import window_starts
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,6 @@ def resized_size(h: int, w: int, target: int | None, divisor: int = 16) -> tuple
     return side(h), side(w)
 
 
-def window_starts(size: int, win: int, stride: int) -> tuple[int, ...]:
-    """Start offsets k * stride; the last window is shifted to end at ``size`` (no padding)."""
-    if win >= size:
-        return (0,)
-    n = int(math.ceil((size - win) / stride)) + 1
-    return tuple(sorted({min(k * stride, size - win) for k in range(n)}))
-
-
 def make_layout(h: int, w: int, cfg: DBAClipConfig, patch: int = 16) -> GSWLayout:
     """GSW layout of an (h, w) image under ``cfg``."""
     Hr, Wr = resized_size(h, w, cfg.target_size, cfg.size_divisor)
@@ -98,7 +91,8 @@ def make_layout(h: int, w: int, cfg: DBAClipConfig, patch: int = 16) -> GSWLayou
             if win % patch:
                 raise InputError(f"window size {win} is not a multiple of the patch size {patch}")
             wh, ww = min(win, Hr), min(win, Wr)
-            groups.append(WindowGroup((wh, ww), window_starts(Hr, wh, stride), window_starts(Wr, ww, stride)))
+            groups.append(WindowGroup((wh, ww), tuple(window_starts(Hr, wh, stride)),
+                                      tuple(window_starts(Wr, ww, stride))))
     return GSWLayout((h, w), (Hr, Wr), float(cfg.global_weight), tuple(groups), patch)
 
 

@@ -12,7 +12,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from tusss.clip.block import TowerRunner
+from tusss.clip.block import PerMaskFeatures, TowerRunner
 from tusss.clip.config import DBAClipConfig
 from tusss.clip.gsw import (
     GSWLayout,
@@ -158,13 +158,13 @@ class DBAClip:
     @torch.no_grad()
     def pass_features(
         self, image: np.ndarray, masks: np.ndarray
-    ) -> tuple[GSWLayout, torch.Tensor | None, list[torch.Tensor]]:
+    ) -> tuple[GSWLayout, torch.Tensor | PerMaskFeatures | None, list[torch.Tensor | PerMaskFeatures]]:
         """Run all GSW passes of one image (validated inputs).
 
         Returns:
             (layout, global token map or None, list of window token maps per window group); shapes as
-            :func:`tusss.clip.pooling.gsw_pool` takes them ((h, w, D) / (n, gh, gw, D), with an extra mask
-            axis for the per-mask bias).
+            :func:`tusss.clip.pooling.gsw_pool` takes them ((h, w, D) / (n, gh, gw, D); for the per-mask bias a
+            :class:`~tusss.clip.block.PerMaskFeatures` (packed path) or an extra mask axis (reference backend)).
         """
         cfg = self.cfg
         dev = self.device
@@ -178,7 +178,9 @@ class DBAClip:
             Hr, Wr = lay.resized_hw
             grid = (Hr // self.patch, Wr // self.patch)
             tm = global_token_masks(m_t, grid, cfg.token_downsample)[None] if need_tm else None
-            gfeat = self.runner.features(resized[None], tm)[0]
+            gfeat = self.runner.features(resized[None], tm)
+            if not isinstance(gfeat, PerMaskFeatures):
+                gfeat = gfeat[0]
         wfeats = []
         for group in lay.groups:
             crops = window_crops(resized, group)

@@ -1,4 +1,4 @@
-"""Kernel hook 2: mask pooling and GSW fusion (reference §2 "Mask pooling", §3).
+"""Mask pooling with GSW fusion (reference §2 "Mask pooling", §3) on top of tusss.kernels' adjoint pooling weights.
 
 Reference semantics (what is computed, for every mask m):
 
@@ -7,149 +7,72 @@ Reference semantics (what is computed, for every mask m):
     F       = g * F_glob + (1 - g) * mean_s F_loc_s                               (g = 0.5)
     e_m     = mean_{p in m} bilinear(F -> original size)[p]                       (hard mask, no L2 norm)
 
-Every step is linear in the token features and every bilinear resize is separable, so this module computes
-e_m = sum_passes sum_tokens W_m[token] f[token] with the per-mask token weights
-W_m = A_y^T (m / |m|) A_x built from the exact 1-D PyTorch interpolation matrices (window counts are
-separable too: count(y, x) = count_y(y) * count_x(x)). No 512-channel full-resolution map is materialised.
+Every step is linear in the token features, so e_m = sum over passes and tokens of W_m[token] f[token]; the
+weights come from :func:`tusss.kernels.layout_pool_weights` (exact separable interpolation matrices, no
+full-resolution canvas). This module only maps a :class:`~tusss.clip.gsw.GSWLayout` and the pass features of
+:meth:`tusss.clip.DBAClip.pass_features` onto them.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
-import torch.nn.functional as F
 
-from tusss.clip.gsw import GSWLayout, WindowGroup
+from tusss.clip.block import PerMaskFeatures
+from tusss.clip.gsw import GSWLayout
+from tusss.kernels import layout_pool_weights
 
-
-@lru_cache(maxsize=256)
-def _interp_matrix_cpu(in_size: int, out_size: int, antialias: bool) -> torch.Tensor:
-    # width 2 -> 2 (identity along x): the antialiased kernel mishandles a width-1 input
-    eye = torch.eye(in_size, dtype=torch.float64).view(in_size, 1, in_size, 1).expand(-1, -1, -1, 2).contiguous()
-    out = F.interpolate(eye, size=(out_size, 2), mode="bilinear", align_corners=False, antialias=antialias)
-    return out[:, 0, :, 0].t().contiguous()  # (out, in): column j = response to an impulse at j
+PassFeatures = torch.Tensor | PerMaskFeatures
 
 
-def interp_matrix(
-    in_size: int, out_size: int, *, antialias: bool = False, device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """(out, in) matrix U of 1-D bilinear resizing (align_corners False) exactly as ``F.interpolate`` does it."""
-    return _interp_matrix_cpu(int(in_size), int(out_size), bool(antialias)).to(device=device, dtype=dtype)
+def _pool_pass(w: torch.Tensor, feats: PassFeatures) -> torch.Tensor:
+    """Pooled contribution of one batch of passes.
 
-
-_CHUNK_ELEMS = 1 << 25  # float elements of one chunk of masks (128 MB in float32)
-
-
-def separable_mask_weights(masks: torch.Tensor, Ay: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
-    """W_m = Ay^T (m / |m|) Ax for every mask.
-
-    Args:
-        masks: (M, H0, W0) bool.
-        Ay: (H0, a), Ax: (W0, b) float matrices mapping token rows / cols to original pixels.
-    Returns:
-        (M, a, b) float weights (a mask's weights sum to the weights' row sums of Ay (x) Ax over its pixels / |m|).
+    w: (M, P, N) token weights of the P passes (N tokens each); feats: (P, h, w, D) shared token maps,
+    (P, M, h, w, D) one map per mask, or :class:`PerMaskFeatures` -> (M, D) float32.
     """
-    M, H0, W0 = masks.shape
-    out = []
-    step = max(1, _CHUNK_ELEMS // max(1, H0 * W0))
-    for s in range(0, M, step):
-        mf = masks[s: s + step].to(Ay.dtype)
-        area = mf.sum(dim=(1, 2)).clamp_min(1.0)
-        if Ax.shape[1] <= Ay.shape[1]:
-            t = torch.matmul(mf, Ax)  # (m, H0, b)
-            w = torch.matmul(Ay.t(), t)  # (m, a, b)
-        else:
-            t = torch.matmul(Ay.t(), mf)  # (m, a, W0)
-            w = torch.matmul(t, Ax)
-        out.append(w / area[:, None, None])
-    return torch.cat(out, 0)
-
-
-def pool_feature_map(fmap: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Reference ``up_emb_avg`` pooling of one map: bilinear (align_corners False) up-sampling of ``fmap`` to the
-    mask size, then the mean over each mask's pixels.
-
-    Args:
-        fmap: (h, w, D) float feature map (any resolution).
-        masks: (M, H0, W0) bool, every mask non-empty.
-    Returns:
-        (M, D) float32.
-    """
-    h, w, D = fmap.shape
-    _, H0, W0 = masks.shape
-    dev = fmap.device
-    Ay = interp_matrix(h, H0, device=dev)
-    Ax = interp_matrix(w, W0, device=dev)
-    Wm = separable_mask_weights(masks, Ay, Ax)
-    return torch.einsum("mhw,hwd->md", Wm, fmap.float())
-
-
-def _group_matrices(layout: GSWLayout, group: WindowGroup, antialias: bool, dev: torch.device):
-    """By (H0, ny*gh), Bx (W0, nx*gw): token -> original pixel maps of one window group, 1/count folded in."""
-    Hr, Wr = layout.resized_hw
-    H0, W0 = layout.orig_hw
-    wh, ww = group.size
-    gh, gw = wh // layout.patch, ww // layout.patch
-
-    def side(full: int, orig: int, win: int, grid: int, starts: tuple[int, ...]) -> torch.Tensor:
-        U = interp_matrix(grid, win, antialias=antialias, device=dev, dtype=torch.float64)  # (win, grid)
-        E = torch.zeros(full, len(starts) * grid, dtype=torch.float64, device=dev)
-        count = torch.zeros(full, dtype=torch.float64, device=dev)
-        for i, s0 in enumerate(starts):
-            E[s0: s0 + win, i * grid: (i + 1) * grid] = U
-            count[s0: s0 + win] += 1
-        R = interp_matrix(full, orig, device=dev, dtype=torch.float64)  # (orig, full)
-        return (R @ (E / count[:, None])).float()
-
-    return side(Hr, H0, wh, gh, group.ys), side(Wr, W0, ww, gw, group.xs)
+    M, P, N = w.shape
+    if isinstance(feats, PerMaskFeatures):
+        f = feats.shared.reshape(P * N, -1).float()
+        emb = w.reshape(M, P * N) @ f
+        # tokens inside their mask: replace the shared feature by the packed one (exact, sparse correction)
+        rm = feats.row_mask()
+        coef = w[rm, feats.row_pass, feats.row_token]  # (T,)
+        delta = feats.packed.float() - f[feats.row_pass * N + feats.row_token]
+        return emb.index_add_(0, rm, coef[:, None] * delta)
+    f = feats.float()
+    if f.dim() == 5:  # (P, M, h, w, D): per-mask maps (reference backend of the per-mask bias)
+        return torch.einsum("mpn,pmnd->md", w, f.reshape(P, M, N, -1))
+    return w.reshape(M, P * N) @ f.reshape(P * N, -1)
 
 
 def gsw_pool(
     masks: torch.Tensor,
     layout: GSWLayout,
-    global_feats: torch.Tensor | None,
-    window_feats: list[torch.Tensor],
+    global_feats: PassFeatures | None,
+    window_feats: list[PassFeatures],
     *,
     window_antialias: bool = True,
 ) -> torch.Tensor:
-    """GSW fusion + ``up_emb_avg`` mask pooling (reference §3), computed through separable token weights.
+    """GSW fusion + ``up_emb_avg`` mask pooling (reference §3) through the adjoint pooling weights.
 
     Args:
         masks: (M, H0, W0) bool original-resolution masks (non-empty).
         layout: the passes (see :func:`tusss.clip.gsw.make_layout`).
-        global_feats: (h, w, D) global-pass token map, or (M, h, w, D) with one map per mask (per-mask bias),
-            or None when ``layout.has_global`` is False.
-        window_feats: per window group, (n, gh, gw, D) or (n, M, gh, gw, D) token maps (row-major windows).
+        global_feats: global pass, (h, w, D) token map, (M, h, w, D) one map per mask, or
+            :class:`PerMaskFeatures` (batch of 1); None when ``layout.has_global`` is False.
+        window_feats: per window group, the features of its windows ((n, gh, gw, D), (n, M, gh, gw, D) or
+            :class:`PerMaskFeatures`; row-major windows).
         window_antialias: antialias flag of the window up-sampling (reference True).
     Returns:
         (M, D) float32 unnormalised mask embeddings.
     """
-    M, H0, W0 = masks.shape
-    Hr, Wr = layout.resized_hw
-    dev = masks.device
-    ref = global_feats if global_feats is not None else window_feats[0]
-    D = ref.shape[-1]
-    emb = torch.zeros(M, D, dtype=torch.float32, device=dev)
-    if layout.has_global:
-        assert global_feats is not None
-        g = global_feats.float()
-        h, w = g.shape[-3], g.shape[-2]
-        Ay = (interp_matrix(Hr, H0, device=dev, dtype=torch.float64)
-              @ interp_matrix(h, Hr, device=dev, dtype=torch.float64)).float()
-        Ax = (interp_matrix(Wr, W0, device=dev, dtype=torch.float64)
-              @ interp_matrix(w, Wr, device=dev, dtype=torch.float64)).float()
-        Wg = separable_mask_weights(masks, Ay, Ax) * layout.global_weight
-        eq = "mhw,mhwd->md" if g.dim() == 4 else "mhw,hwd->md"
-        emb += torch.einsum(eq, Wg, g)
-    for group, feats in zip(layout.groups, window_feats):
-        f = feats.float()
-        By, Bx = _group_matrices(layout, group, window_antialias, dev)
-        Ww = separable_mask_weights(masks, By, Bx) * layout.local_weight  # (M, ny*gh, nx*gw)
-        ny, nx = len(group.ys), len(group.xs)
-        gh, gw = f.shape[-3], f.shape[-2]
-        Ww = Ww.view(M, ny, gh, nx, gw).permute(1, 3, 0, 2, 4).reshape(ny * nx, M, gh, gw)
-        eq = "nmyx,nmyxd->md" if f.dim() == 5 else "nmyx,nyxd->md"
-        emb += torch.einsum(eq, Ww, f)
-    return emb
+    groups = [(g.size, g.ys, g.xs) for g in layout.groups]
+    w_glob, w_groups = layout_pool_weights(masks, layout.resized_hw, groups, patch=layout.patch,
+                                           global_weight=layout.global_weight, antialias=window_antialias)
+    parts = []
+    if w_glob is not None:
+        assert global_feats is not None, "the layout has a global pass"
+        g = global_feats if isinstance(global_feats, PerMaskFeatures) else global_feats[None]
+        parts.append(_pool_pass(w_glob[:, None], g))
+    parts += [_pool_pass(w, f) for w, f in zip(w_groups, window_feats)]
+    return torch.stack(parts).sum(0)
