@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tusss.kernels.pooling import gsw_pool_reference
 
 from tusss.clip import DBAClip, DBAClipConfig
 from tusss.clip.block import TowerRunner
 from tusss.clip.gsw import global_token_masks, normalize_image, resize_image, window_crops, window_token_masks
+from tusss.kernels.pooling import gsw_pool_reference
 
 ROOT = Path(__file__).resolve().parent
 

@@ -72,15 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     rows = {r.strip() for r in a.rows.split(",")}
 
+    from tusss.clip.attention import build_attention_bias
+    from tusss.clip.model import DBAClip
     from tusss.engine.check import compare
     from tusss.engine.graphs import OrtGraph
     from tusss.export.clip import ClipWindowsGraph
     from tusss.export.onnx_io import export_module, graph_io
     from tusss.export.precision import quantize_int8
     from tusss.export.sam import SamDecoderGraph, SamEncoderGraph
-
-    from tusss.clip.attention import build_attention_bias
-    from tusss.clip.model import DBAClip
     from tusss.masks.sam_registry import build_sam
 
     torch.set_num_threads(a.threads)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from tusss.kernels import (
     gsw_pool,
     gsw_pool_weights,

@@ -12,6 +12,7 @@ import sys
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (see run_in_interpreter)
 
 import torch  # noqa: E402
+
 from tusss.kernels import dispatch  # noqa: E402
 from tusss.kernels._triton_util import interpreting  # noqa: E402
 

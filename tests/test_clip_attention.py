@@ -9,8 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from naive_dbaclip import bilinear_matrix, naive_bias, upsample
-from tusss.kernels import bilinear_matrix as kernel_bilinear_matrix
-from tusss.kernels import mask_pool, masked_dual_attention, pack_token_masks
 
 from tests._kernels_helpers import one_thread  # noqa: F401 (autouse fixture: torch on one thread)
 from tusss.clip import DBAClipConfig
@@ -18,6 +16,8 @@ from tusss.clip.attention import build_attention_bias
 from tusss.clip.block import PerMaskFeatures
 from tusss.clip.gsw import global_token_masks, make_layout, nearest_indices, window_token_masks
 from tusss.clip.pooling import gsw_pool
+from tusss.kernels import bilinear_matrix as kernel_bilinear_matrix
+from tusss.kernels import mask_pool, masked_dual_attention, pack_token_masks
 
 
 def _explicit(q, k, v, tm, cfg_like, mode):

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from _engine_helpers import copy_engine, tiny_engine_dir, tiny_models
+
 from tusss.engine.build import build_engine, derive_engine
 from tusss.engine.cli import main
 from tusss.engine.errors import BackendUnavailableError, EngineMismatchError
 from tusss.engine.manifest import read_manifest
 from tusss.engine.runtime import Engine
-
 from tusss.errors import CorruptFileError, InputError
 
 

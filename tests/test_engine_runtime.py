@@ -9,11 +9,11 @@ import pytest
 import torch
 from _engine_helpers import copy_engine, tiny_engine_dir, tiny_models
 from segment_anything import SamPredictor
+
 from tusss.engine.bench import BenchConfig, format_table, run_bench, synthetic_images
 from tusss.engine.check import compare
 from tusss.engine.cli import main
 from tusss.engine.runtime import Engine, EngineSamPredictor
-
 from tusss.masks.generator import MaskGenerator
 
 

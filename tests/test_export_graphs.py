@@ -12,16 +12,16 @@ import onnxruntime as ort
 import pytest
 import torch
 from _engine_helpers import tiny_engine_dir, tiny_models
+
+from tusss.clip.model import DBAClip
 from tusss.engine.build import derive_engine
 from tusss.engine.check import check_engine, compare
 from tusss.engine.runtime import Engine
+from tusss.errors import InputError
 from tusss.export.clip import ClipTextGraph, ClipWindowsGraph
 from tusss.export.onnx_io import export_module, graph_io
 from tusss.export.precision import op_histogram, op_input_dtypes
 from tusss.export.sam import SamDecoderGraph, SamEncoderGraph
-
-from tusss.clip.model import DBAClip
-from tusss.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,6 @@ def test_external_data_for_big_graphs(models, engine_dir, tmp_path, monkeypatch)
     # graphs over the limit (vit_h: 2.5 GB) are written with ONNX external data; use a tiny limit here
     import tusss.export.precision as precision
     from tusss.engine.manifest import read_manifest
-
     from tusss.errors import CorruptFileError
 
     monkeypatch.setattr(precision, "EXTERNAL_DATA_BYTES", 1000)

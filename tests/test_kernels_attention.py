@@ -7,7 +7,6 @@ import functools
 
 import pytest
 import torch
-from tusss.kernels import mask_bitsets, masked_dual_attention, resolve_backend, unpack_bitsets
 
 from tests._kernels_helpers import (
     attention_inputs,
@@ -17,6 +16,7 @@ from tests._kernels_helpers import (
     run_in_interpreter,
 )
 from tusss.errors import InputError
+from tusss.kernels import mask_bitsets, masked_dual_attention, resolve_backend, unpack_bitsets
 
 
 def naive_dual_attention(q, k, v, token_masks, bias_value=-4.0, cls_visible=True, scale=None, mode="sum",

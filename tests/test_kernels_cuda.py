@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from tests._kernels_helpers import attention_inputs, random_pixel_masks, rel_err
 from tusss.kernels import (
     mask_bitsets,
     mask_pool,
@@ -14,8 +16,6 @@ from tusss.kernels import (
     resolve_backend,
     unpack_paper,
 )
-
-from tests._kernels_helpers import attention_inputs, random_pixel_masks, rel_err
 
 pytestmark = pytest.mark.cuda
 

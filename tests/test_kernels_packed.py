@@ -7,7 +7,6 @@ import functools
 
 import pytest
 import torch
-from tusss.kernels import masked_dual_attention, pack_token_masks, paper_attention, unpack_paper
 
 from tests._kernels_helpers import (
     attention_inputs,
@@ -16,6 +15,7 @@ from tests._kernels_helpers import (
     run_in_interpreter,
 )
 from tusss.errors import InputError
+from tusss.kernels import masked_dual_attention, pack_token_masks, paper_attention, unpack_paper
 
 
 def naive_paper_attention(q, k, v, token_masks, cls_visible=True, mode="sum", c=1e4):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tusss.kernels import bilinear_matrix, gsw_pool, gsw_pool_weights, mask_pool, mask_pool_weights, window_starts
 
 from tests._kernels_helpers import (
     one_thread,  # noqa: F401 (autouse fixture: torch on one thread)
@@ -14,6 +13,7 @@ from tests._kernels_helpers import (
     rel_err,
 )
 from tusss.errors import InputError
+from tusss.kernels import bilinear_matrix, gsw_pool, gsw_pool_weights, mask_pool, mask_pool_weights, window_starts
 
 
 @pytest.mark.parametrize("antialias", [False, True])

@@ -30,13 +30,13 @@ from typing import Any
 
 import torch
 from torch import nn
+
+import tusss
+from tusss.errors import InputError
 from tusss.export.clip import GRAPH_CONFIG_FIELDS, ClipTextGraph, ClipWindowsGraph
 from tusss.export.onnx_io import export_module, graph_files, graph_io, sha256_file, state_dict_hash
 from tusss.export.precision import quantize_int8, to_fp16
 from tusss.export.sam import SamDecoderGraph, SamEncoderGraph
-
-import tusss
-from tusss.errors import InputError
 
 from .manifest import BACKENDS, GRAPHS, MANIFEST, PRECISIONS, GraphEntry, Manifest
 
