@@ -7,8 +7,8 @@ Layout of a store directory::
     meta_00000.npz             image_id (n,) str, mask_index (n,) int32, area (n,) int64, level (n,) int8,
                                [gt_frac (n, K) float32]
 
-Images are never split across shards; masks of an image are contiguous rows. Every file is written to a
-temporary name and moved into place with ``os.replace``; ``index.json`` is rewritten (also atomically) after
+Images are never split across shards; masks of an image are contiguous rows. Every file is written through
+:mod:`tusss.persist` (temporary name, fsync, ``os.replace``); ``index.json`` is rewritten (also atomically) after
 each completed shard, so an interrupted run leaves only complete shards visible and a resumed
 :class:`StoreWriter` skips their images (:meth:`StoreWriter.done`). The writer takes plain arrays, so it
 is independent of CLIP.
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tusss.errors import CorruptFileError, InputError
+from tusss.persist import atomic_save_npy, atomic_save_npz, atomic_write_text, corrupt, load_npy, load_npz, read_json
 from tusss.validate import check_finite
 
 __all__ = ["StoreWriter", "EmbeddingStore", "ShardMeta", "gt_class_fractions", "STORE_VERSION"]
@@ -45,31 +46,7 @@ def gt_class_fractions(masks: np.ndarray, gt: np.ndarray, num_classes: int, igno
     return vote_fractions(masks, gt, num_classes, ignore_index=ignore_index)
 
 
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+_FIX = "re-run `tusss embed` to rewrite the store (delete the folder first if the index is damaged)"
 
 
 def _read_index(root: Path) -> dict:
@@ -77,18 +54,26 @@ def _read_index(root: Path) -> dict:
     if not root.is_dir():
         raise InputError(f"embedding store {root} does not exist")
     if not p.is_file():
-        raise CorruptFileError(f"{root} has no {INDEX}: not an embedding store (or nothing was written yet)")
-    try:
-        idx = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise CorruptFileError(f"{p} is not valid JSON: {e}") from e
+        raise CorruptFileError(f"{root} has no {INDEX}: not an embedding store (or nothing was written yet); "
+                               "run `tusss embed` to write it")
+    idx = read_json(p, what="embedding-store index", fix=_FIX)
     if not isinstance(idx, dict) or idx.get("format") != "tusss-embedding-store":
-        raise CorruptFileError(f"{p} is not a tusss embedding-store index")
+        raise corrupt(p, "is not a tusss embedding-store index", _FIX)
     if idx.get("version") != STORE_VERSION:
-        raise CorruptFileError(f"{p} has version {idx.get('version')!r}, this tusss reads {STORE_VERSION}")
+        raise corrupt(p, f"has version {idx.get('version')!r}, this tusss reads {STORE_VERSION}", _FIX)
     for key in ("dim", "dtype", "shards", "num_classes"):
         if key not in idx:
-            raise CorruptFileError(f"{p} lacks the field {key!r}")
+            raise corrupt(p, f"lacks the field {key!r}", _FIX)
+    try:
+        ok = (isinstance(idx["dim"], int) and idx["dim"] >= 1 and idx["dtype"] in ("float16", "float32")
+              and isinstance(idx["shards"], list)
+              and all(isinstance(s, dict) and isinstance(s["emb"], str) and isinstance(s["meta"], str)
+                      and isinstance(s["rows"], int) and s["rows"] >= 0 and isinstance(s["images"], list)
+                      for s in idx["shards"]))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise corrupt(p, "has a malformed dim, dtype or shard list", _FIX)
     return idx
 
 
@@ -127,7 +112,7 @@ class StoreWriter:
             for s in idx["shards"]:
                 for f in (s["emb"], s["meta"]):
                     if not (self.root / f).is_file():
-                        raise CorruptFileError(f"{self.root / f} listed in {INDEX} is missing")
+                        raise corrupt(self.root / f, f"listed in {INDEX} but missing", _FIX)
             self._done = {str(i) for s in idx["shards"] for i in s["images"]}
         else:
             self._index = {"format": "tusss-embedding-store", "version": STORE_VERSION, "dim": self.dim,
@@ -192,8 +177,8 @@ class StoreWriter:
         emb = np.concatenate([b[1] for b in self._buf])
         ids = np.concatenate([np.full(len(b[1]), b[0], dtype=object) for b in self._buf]).astype(str)
         meta = {k: np.concatenate([b[2][k] for b in self._buf]) for k in self._buf[0][2]}
-        _atomic_save_npy(self.root / emb_name, emb)
-        _atomic_save_npz(self.root / meta_name, image_id=ids, **meta)
+        atomic_save_npy(self.root / emb_name, emb)
+        atomic_save_npz(self.root / meta_name, image_id=ids, **meta)
         self._index["shards"].append({"emb": emb_name, "meta": meta_name, "rows": int(emb.shape[0]),
                                       "images": [b[0] for b in self._buf]})
         self._write_index()
@@ -207,7 +192,7 @@ class StoreWriter:
         self._write_index()
 
     def _write_index(self) -> None:
-        _atomic_write_text(self.root / INDEX, json.dumps(self._index))
+        atomic_write_text(self.root / INDEX, json.dumps(self._index))
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -219,12 +204,7 @@ class StoreWriter:
 
 
 def _load_meta(root: Path, shard: dict) -> dict[str, np.ndarray]:
-    p = root / shard["meta"]
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, KeyError) as e:
-        raise CorruptFileError(f"{p} is corrupt or missing: {e}") from e
+    return load_npz(root / shard["meta"], what="embedding-store metadata shard", fix=_FIX)
 
 
 @dataclass
@@ -278,22 +258,27 @@ class EmbeddingStore:
         """(n_i, D) embeddings of shard i (memory-mapped by default)."""
         s = self.shards[i]
         p = self.root / s["emb"]
-        try:
-            a = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise CorruptFileError(f"{p} is corrupt or missing: {e}") from e
+        a = load_npy(p, what="embedding shard", mmap=mmap, fix=_FIX)
         if a.shape != (int(s["rows"]), self.dim) or a.dtype != self.dtype:
-            raise CorruptFileError(f"{p} has shape {a.shape} {a.dtype}, index says ({s['rows']}, {self.dim}) "
-                                   f"{self.dtype}")
+            raise corrupt(p, f"has shape {a.shape} {a.dtype}, index says ({s['rows']}, {self.dim}) {self.dtype}",
+                          _FIX)
+        if not mmap and a.size and not np.isfinite(a).all():
+            raise corrupt(p, "embedding shard holds NaN or infinite values", _FIX)
         return a
 
     def shard_meta(self, i: int) -> ShardMeta:
         """Metadata of shard i."""
         m = _load_meta(self.root, self.shards[i])
         n = int(self.shards[i]["rows"])
+        p = self.root / self.shards[i]["meta"]
         for k in ("image_id", "mask_index", "area", "level"):
-            if k not in m or m[k].shape[0] != n:
-                raise CorruptFileError(f"{self.root / self.shards[i]['meta']}: field {k!r} missing or not {n} rows")
+            if k not in m or m[k].ndim != 1 or m[k].shape[0] != n:
+                raise corrupt(p, f"field {k!r} missing or not {n} rows", _FIX)
+        g = m.get("gt_frac")
+        if self.num_classes is not None and (g is None or g.shape != (n, int(self.num_classes))):
+            raise corrupt(p, f"field 'gt_frac' missing or not ({n}, {self.num_classes})", _FIX)
+        if g is not None and g.size and not np.isfinite(g).all():
+            raise corrupt(p, "field 'gt_frac' holds NaN or infinite values", _FIX)
         return ShardMeta(m["image_id"], m["mask_index"], m["area"], m["level"], m.get("gt_frac"))
 
     def iter_shards(self, mmap: bool = True) -> Iterator[tuple[np.ndarray, ShardMeta]]:

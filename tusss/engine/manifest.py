@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tusss.errors import CorruptFileError
+from tusss.persist import atomic_write_text, corrupt
 
 FORMAT = "tusss-engine"
 FORMAT_VERSION = 1
@@ -30,6 +31,7 @@ MANIFEST = "manifest.json"
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 GRAPHS = ("sam_encoder", "sam_decoder", "clip_windows", "clip_text")
+_FIX = "rebuild the engine with `tusss-engine build`"
 
 
 @dataclass
@@ -69,11 +71,10 @@ class Manifest:
         return json.dumps(asdict(self), indent=2)  # key order = graph I/O order
 
     def write(self, engine_dir: str | os.PathLike) -> Path:
-        p = Path(engine_dir) / MANIFEST
-        tmp = p.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, p)
-        return p
+        """Write ``manifest.json`` atomically (temporary name, fsync, ``os.replace``): a build killed or out of
+        disk space before this point leaves a directory without a manifest, which :func:`read_manifest`
+        refuses."""
+        return atomic_write_text(Path(engine_dir) / MANIFEST, self.to_json())
 
     def verify_files(self, engine_dir: str | os.PathLike, *, hashes: bool = True) -> None:
         """Check that every listed file exists with the recorded size (and sha256 when ``hashes``)."""
@@ -111,10 +112,12 @@ def read_manifest(engine_dir: str | os.PathLike) -> Manifest:
         raise CorruptFileError(
             f"{d} is not a tusss engine directory: {MANIFEST} is missing (incomplete build, or the wrong folder)"
         )
+    if p.stat().st_size == 0:
+        raise corrupt(p, "engine manifest is empty (0 bytes)", _FIX)
     try:
-        raw = json.loads(p.read_text())
+        raw = json.loads(p.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptFileError(f"engine manifest {p} is not valid JSON ({e}); rebuild the engine") from e
+        raise corrupt(p, f"engine manifest is not valid JSON ({e})", _FIX) from e
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CorruptFileError(f"{p} is not a tusss engine manifest (format {raw.get('format')!r})"
                                if isinstance(raw, dict) else f"{p} is not a tusss engine manifest")
@@ -127,7 +130,13 @@ def read_manifest(engine_dir: str | os.PathLike) -> Manifest:
         graphs = {k: GraphEntry(**v) for k, v in raw.pop("graphs").items()}
         m = Manifest(graphs=graphs, **raw)
     except (KeyError, TypeError, AttributeError) as e:
-        raise CorruptFileError(f"engine manifest {p} is missing or has unexpected fields ({e}); rebuild") from e
+        raise corrupt(p, f"engine manifest is missing or has unexpected fields ({e})", _FIX) from e
+    for gname, g in m.graphs.items():
+        if not isinstance(g.files, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+            for v in g.files.values()
+        ):
+            raise corrupt(p, f"engine manifest lists malformed file entries for graph '{gname}'", _FIX)
     if m.backend not in BACKENDS:
         raise CorruptFileError(f"engine manifest {p}: unknown backend {m.backend!r} (known: {BACKENDS})")
     if m.precision not in PRECISIONS:

@@ -28,14 +28,17 @@ from tusss.glcc.inductive import CombineConfig, combine_scores, inductive_bias
 from tusss.glcc.knn import KnnGraph, build_graph, l2_normalize
 from tusss.glcc.probe import LinearProbe, ProbeConfig, train_probe
 from tusss.glcc.propagation import propagate
+from tusss.persist import atomic_directory, atomic_save_npy, atomic_write_text, corrupt, load_npy, read_json
 from tusss.scoring import BgMethod, FgMethod, seed_table
 from tusss.supervision import (
+    FullSupervision,
+    SemiSupervision,
     Supervision,
-    full_supervision,
+    SupervisionSpec,
+    WeakSupervision,
     group_offsets,
+    make_supervision_spec,
     prob2soft_label,
-    semi_supervision,
-    weak_supervision,
 )
 from tusss.validate import check_finite
 
@@ -67,8 +70,17 @@ class GLCCConfig:
         cg_tol, cg_maxiter, cg_backend: CG settings (1e-6, 200, auto).
         lp_alpha_bg: bg exponent when re-scoring LP outputs; probe_alpha_bg: when re-scoring the probe's
             training-set scores (reference tunes both in {1, .25, .5, 2, 4}).
+        lp_alpha_bg_rounds: per-round bg exponents of the LP re-scoring (None -> ``lp_alpha_bg`` every round).
+        lp_fg_rounds: per-round fg transform of the LP re-scoring (:class:`FgMethod` or its dict; None -> the
+            rule of the supervision kind: weak ``{softmax None, norm True, bypath False, L1 True}``; semi
+            ``{softmax None, norm False, L1 True}``, reference §5 "Transductive LP outputs"). The VOC WSSS
+            round 1 of the reference uses a softmax variant (``{softmax γ, norm True, bypath False, L1}``).
+        lp_candidates: candidate classes of the LP re-scoring: "image" (train mode: the image's classes) or
+            "all" (val mode); None -> "all" for semi (``cls_eval_dt.ini.val = True``), "image" otherwise.
         soft_gamma: probe targets = softmax(soft_gamma · score) over allowed classes (100).
         probe: :class:`ProbeConfig`.
+        probe_rounds: per-round probe settings (iterations and warm-up differ per round in the reference,
+            e.g. COCO-2014 480k then 240k iterations with a fixed 12k warm-up); None -> ``probe`` every round.
         combine: :class:`CombineConfig` (None -> :func:`default_combine` of the supervision kind).
     """
 
@@ -89,10 +101,26 @@ class GLCCConfig:
     soft_gamma: float = 100.0
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     combine: CombineConfig | None = None
+    lp_alpha_bg_rounds: tuple[float, ...] | None = None
+    lp_fg_rounds: tuple[FgMethod, ...] | None = None
+    lp_candidates: str | None = None
+    probe_rounds: tuple[ProbeConfig, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.lp_fg_rounds is not None:
+            self.lp_fg_rounds = tuple(FgMethod.from_dict(f) for f in self.lp_fg_rounds)
+        if self.lp_alpha_bg_rounds is not None:
+            self.lp_alpha_bg_rounds = tuple(float(a) for a in self.lp_alpha_bg_rounds)
+        if self.probe_rounds is not None:
+            self.probe_rounds = tuple(p if isinstance(p, ProbeConfig) else ProbeConfig(**p) for p in self.probe_rounds)
+        if self.lp_candidates not in (None, "image", "all"):
+            raise InputError(f"lp_candidates must be 'image', 'all' or None, got {self.lp_candidates!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["k_rounds"] = list(self.k_rounds) if self.k_rounds else None
+        for key in ("lp_alpha_bg_rounds", "lp_fg_rounds", "probe_rounds"):
+            d[key] = list(d[key]) if d[key] is not None else None
         return d
 
     @classmethod
@@ -101,7 +129,39 @@ class GLCCConfig:
         d["probe"] = ProbeConfig(**d.get("probe", {}))
         d["combine"] = CombineConfig(**d["combine"]) if d.get("combine") else None
         d["k_rounds"] = tuple(d["k_rounds"]) if d.get("k_rounds") else None
+        for key in ("lp_alpha_bg_rounds", "lp_fg_rounds", "probe_rounds"):
+            d[key] = tuple(d[key]) if d.get(key) is not None else None
         return cls(**d)
+
+    def probe_for_round(self, r: int) -> ProbeConfig:
+        """The probe settings of bootstrap round ``r`` (0-based)."""
+        if self.probe_rounds is None:
+            return self.probe
+        if r >= len(self.probe_rounds):
+            raise InputError(f"probe_rounds has {len(self.probe_rounds)} entries, round {r + 1} needs one")
+        return self.probe_rounds[r]
+
+    def lp_alpha_for_round(self, r: int) -> float:
+        """bg exponent of the LP re-scoring of round ``r``."""
+        if self.lp_alpha_bg_rounds is None:
+            return self.lp_alpha_bg
+        if r >= len(self.lp_alpha_bg_rounds):
+            raise InputError(f"lp_alpha_bg_rounds has {len(self.lp_alpha_bg_rounds)} entries, round {r + 1} needs one")
+        return self.lp_alpha_bg_rounds[r]
+
+    def lp_fg_for_round(self, r: int, kind: str) -> FgMethod:
+        """fg transform of the LP re-scoring of round ``r`` for supervision ``kind`` (reference §5)."""
+        if self.lp_fg_rounds is not None:
+            if r >= len(self.lp_fg_rounds):
+                raise InputError(f"lp_fg_rounds has {len(self.lp_fg_rounds)} entries, round {r + 1} needs one")
+            return self.lp_fg_rounds[r]
+        if kind == "semi":  # configs/lp/semi.py, obj,semi.py: no per-image min-max
+            return FgMethod(softmax=None, norm=False, L1=True)
+        return FgMethod(softmax=None, norm=True, bypath_suppress=False, L1=True)
+
+    def lp_candidates_for(self, kind: str) -> str:
+        """"all" (val mode) or "image" (the image's classes) for the LP re-scoring of ``kind``."""
+        return self.lp_candidates or ("all" if kind == "semi" else "image")
 
 
 class GLCC:
@@ -128,36 +188,40 @@ class GLCC:
     # ------------------------------------------------------------------ construction
     def _build_supervision(self, supervision, offsets, N, kw) -> Supervision:
         if isinstance(supervision, Supervision):
+            if kw:
+                raise InputError(f"keyword(s) {sorted(kw)} are not used with a prepared Supervision")
             sup = supervision
             if sup.Pc.shape[0] != N or int(sup.offsets[-1]) != N:
                 raise InputError(f"supervision covers {sup.Pc.shape[0]} masks, embeddings {N}")
             return sup
-        has_bg = kw.pop("has_bg", True)
-        if supervision == "full":
-            return full_supervision(_need(kw, "gt_fractions", "full"), offsets, has_bg=has_bg)
-        if supervision == "semi":
-            return semi_supervision(_need(kw, "gt_fractions", "semi"), _need(kw, "labeled_images", "semi"),
-                                    offsets, zero_shot_scores=kw.get("zero_shot_scores"),
-                                    balance=kw.get("balance", "eq"), balance_semi=kw.get("balance_semi"),
-                                    has_bg=has_bg)
-        if supervision == "weak":
-            if not has_bg:
-                raise InputError("weak supervision derives a background score; has_bg must be True")
-            logits = _need(kw, "zero_shot_logits", "weak")
-            K = kw.get("num_classes") or (len(self.class_names) if self.class_names else None)
-            if K is None:
-                raise InputError("weak supervision needs num_classes= (or class_names)")
-            return weak_supervision(logits, _need(kw, "image_labels", "weak"), offsets, K,
-                                    fg_method=kw.get("fg_method"), bg_method=kw.get("bg_method"),
-                                    variant=kw.get("weak_variant", "reference"))
-        raise InputError(f"supervision must be 'full', 'semi', 'weak' or a Supervision, got {supervision!r}")
+        if isinstance(supervision, str):
+            if supervision == "weak" and "has_bg" in kw:  # weak always derives a background class
+                if not kw.pop("has_bg"):
+                    raise InputError("weak supervision derives a background score; has_bg must be True")
+            spec = make_supervision_spec(supervision, kw)
+        elif isinstance(supervision, (FullSupervision, SemiSupervision, WeakSupervision)):
+            if kw:
+                raise InputError(f"keyword(s) {sorted(kw)} are not used with a {type(supervision).__name__} "
+                                 "object: set them on the object")
+            spec = supervision
+        else:
+            raise InputError("supervision must be 'full', 'semi', 'weak', a FullSupervision / SemiSupervision / "
+                             f"WeakSupervision or a Supervision, got {supervision!r}")
+        K = len(self.class_names) if self.class_names else None
+        return spec.build(offsets, K)
 
-    def _rescore(self, table: np.ndarray, sup: Supervision, fg: FgMethod, alpha: float) -> np.ndarray:
-        """Re-score a (N, K) table image by image over the images' class sets (reference §5, train mode)."""
+    def _rescore(self, table: np.ndarray, sup: Supervision, fg: FgMethod, alpha: float,
+                 candidates: str = "image") -> np.ndarray:
+        """Re-score a (N, K) table image by image (reference §5) over the images' class sets
+        (``candidates="image"``, train mode) or over all classes (``"all"``, val mode); rows of labelled
+        masks are then overwritten by their GT fractions."""
         bg = BgMethod("alpha_bg", alpha=alpha) if sup.has_bg else BgMethod("no_bg")
         K = sup.num_classes
         n_fg = K - 1 if sup.has_bg else K
-        sets = [np.arange(n_fg) if s is None else s for s in sup.class_sets]
+        if candidates == "all":
+            sets = [np.arange(n_fg)] * (len(sup.offsets) - 1)
+        else:
+            sets = [np.arange(n_fg) if s is None else s for s in sup.class_sets]
         out = seed_table(table, sup.offsets, sets, K, fg_method=fg, bg_method=bg, with_bg_logit=sup.has_bg).scores
         if sup.gt is not None and sup.labeled.any():
             out[sup.labeled] = sup.gt[sup.labeled]
@@ -174,7 +238,7 @@ class GLCC:
         embeddings: np.ndarray,
         areas: np.ndarray | None,
         image_ids: np.ndarray,
-        supervision: str | Supervision = "full",
+        supervision: str | SupervisionSpec | Supervision = "full",
         *,
         progress: bool = False,
         **kw: object,
@@ -185,11 +249,14 @@ class GLCC:
             embeddings: (N, D) float training mask embeddings, grouped by image.
             areas: (N,) mask areas (probe loss weights), or None.
             image_ids: (N,) image id of each mask (each image's masks contiguous).
-            supervision: "full" (needs ``gt_fractions`` (N, K)), "semi" (``gt_fractions``,
-                ``labeled_images`` (I,) bool, optional ``zero_shot_scores`` (N, K)), "weak"
-                (``zero_shot_logits`` (N, C), ``image_labels`` per image, ``num_classes``, optional
-                ``fg_method`` / ``bg_method`` / ``weak_variant="paper"``), or a prepared
-                :class:`tusss.supervision.Supervision`. ``has_bg`` (default True) says class 0 is background.
+            supervision: a typed :class:`tusss.supervision.FullSupervision` / ``SemiSupervision`` /
+                ``WeakSupervision`` (preferred), a prepared :class:`tusss.supervision.Supervision`, or the kind
+                as a string with the spec's fields as keywords: "full" (``gt_fractions`` (N, K)), "semi"
+                (``gt_fractions``, ``labeled_images`` (I,) bool, optional ``zero_shot_scores`` (N, K),
+                ``balance``, ``balance_semi``), "weak" (``zero_shot_logits`` (N, C), ``image_labels`` per
+                image, ``num_classes``, optional ``fg_method`` / ``bg_method`` / ``variant``). ``has_bg``
+                (default True) says class 0 is background. A keyword the kind does not take (e.g. a
+                misspelling) raises :class:`InputError`.
 
         Returns:
             self.
@@ -229,21 +296,23 @@ class GLCC:
                                       "backend": cfg.knn_backend, "recall_sample": graphs[k].recall})
             return graphs[k]
 
-        def lp(Pc: np.ndarray, k: int) -> np.ndarray:
+        def lp(Pc: np.ndarray, k: int, r: int) -> np.ndarray:
             g = graph(k)
             t0 = time.perf_counter()
             P, info = propagate(g.S, Pc, cfg.alpha, tol=cfg.cg_tol, maxiter=cfg.cg_maxiter, backend=cfg.cg_backend)
             self.history_.append({"step": f"lp k={k}", "seconds": time.perf_counter() - t0,
                                   "cg_iterations": int(info.iterations.max(initial=0)),
                                   "converged": bool(info.converged.all())})
-            # reference: LP outputs re-scored with {softmax None, norm True, bypath False, L1 True}, bg^α
-            return self._rescore(P, sup, FgMethod(softmax=None, norm=True, bypath_suppress=False, L1=True),
-                                 cfg.lp_alpha_bg)
+            # reference §5 "Transductive LP outputs": the rule depends on the supervision and the round
+            return self._rescore(P, sup, cfg.lp_fg_for_round(r, kind), cfg.lp_alpha_for_round(r),
+                                 cfg.lp_candidates_for(kind))
 
-        def probe(Y: np.ndarray) -> LinearProbe:
+        def probe(Y: np.ndarray, r: int) -> LinearProbe:
             t0 = time.perf_counter()
-            p = train_probe(X, Y, areas, cfg.probe, progress=progress)
-            self.history_.append({"step": "probe", "seconds": time.perf_counter() - t0})
+            pcfg = cfg.probe_for_round(r)
+            p = train_probe(X, Y, areas, pcfg, progress=progress, labeled=sup.labeled)
+            self.history_.append({"step": "probe", "seconds": time.perf_counter() - t0, "iters": pcfg.iters,
+                                  "warmup_iters": pcfg.warmup_iters, "sampler": pcfg.sampler})
             return p
 
         def probe_train_scores(p: LinearProbe) -> np.ndarray:
@@ -252,22 +321,22 @@ class GLCC:
                                  cfg.probe_alpha_bg)
 
         if kind == "full":
-            pr = probe(sup.Pc)  # reference: the GT fractions are the probe's soft labels as they are
+            pr = probe(sup.Pc, 0)  # reference: the GT fractions are the probe's soft labels as they are
             Ystar, k_last = sup.gt, cfg.k
             graph(k_last)
         elif cfg.order == "lp_first":
             Pc = sup.Pc
             for r in range(rounds):
-                Ystar = lp(Pc, k_rounds[r])
-                pr = probe(self._probe_targets(Ystar, sup))
+                Ystar = lp(Pc, k_rounds[r], r)
+                pr = probe(self._probe_targets(Ystar, sup), r)
                 if r < rounds - 1:
                     Pc = probe_train_scores(pr)
             k_last = k_rounds[rounds - 1]
         elif cfg.order == "probe_first":
             targets = self._probe_targets(sup.Pc, sup)
             for r in range(rounds):
-                pr0 = probe(targets)
-                Ystar = lp(probe_train_scores(pr0), k_rounds[r])
+                pr0 = probe(targets, r)
+                Ystar = lp(probe_train_scores(pr0), k_rounds[r], r)
                 targets = self._probe_targets(Ystar, sup)
             pr = pr0
             k_last = k_rounds[rounds - 1]
@@ -318,88 +387,86 @@ class GLCC:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, embeddings_dtype: str = "float32") -> None:
-        """Write the classifier to the directory ``path`` (created). ``glcc.json`` is written last, so an
-        interrupted save leaves a directory that :meth:`load` refuses."""
+        """Write the classifier to the directory ``path``, atomically (:mod:`tusss.persist`).
+
+        The files are written into a hidden temporary folder beside ``path`` that is renamed over it at the end,
+        so a save killed or out of disk space half-way leaves the previous model (or nothing) at ``path``. A
+        ``path`` that holds other files than a GLCC model's is not replaced as a whole: the files are then
+        replaced one by one, ``glcc.json`` last (removed first), so an interrupted save leaves a directory
+        that :meth:`load` refuses."""
         self._check_fitted()
         d = Path(path)
-        d.mkdir(parents=True, exist_ok=True)
-        meta_path = d / "glcc.json"
-        if meta_path.exists():
-            meta_path.unlink()
         arrays = {
             "train_embeddings.npy": self.X_.astype(embeddings_dtype),
             "degree.npy": np.asarray(self.degree_, np.float64),
             "pstar.npy": self.pstar_.astype(np.float32),
             "probe_weight.npy": self.probe_.weight.numpy().astype(np.float32),
         }
-        for name, arr in arrays.items():
-            tmp = d / (name + ".tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
-            os.replace(tmp, d / name)
         meta = {
             "format": "tusss-glcc", "format_version": FORMAT_VERSION, "config": self.config.to_dict(),
             "class_names": self.class_names, "kind": self.kind_, "has_bg": self.has_bg_, "k_graph": self.k_graph_,
             "probe_scale": self.probe_.scale, "N": int(self.X_.shape[0]), "D": int(self.X_.shape[1]),
             "K": int(self.pstar_.shape[1]), "history": self.history_,
         }
-        tmp = d / "glcc.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, meta_path)
+        meta_text = json.dumps(meta, indent=1)
+
+        def write_into(folder: Path) -> None:
+            for name, arr in arrays.items():
+                atomic_save_npy(folder / name, arr)
+            atomic_write_text(folder / "glcc.json", meta_text)
+
+        own = {*_FILES, "glcc.json"}
+        if not d.exists() or (d.is_dir() and all(q.name in own for q in d.iterdir())):
+            with atomic_directory(d) as tmp:
+                write_into(tmp)
+            return
+        d.mkdir(parents=True, exist_ok=True)  # a folder shared with other files: marker-last in place
+        meta_path = d / "glcc.json"
+        if meta_path.exists():
+            meta_path.unlink()
+        write_into(d)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False) -> GLCC:
-        """Read a classifier written by :meth:`save`. Raises CorruptFileError for a missing / incomplete /
-        corrupt directory or another format version."""
+        """Read a classifier written by :meth:`save`. Raises CorruptFileError (naming the file, what is wrong and
+        the fix) for a missing / incomplete / truncated / corrupt directory, another format version, arrays of
+        the wrong shape or dtype, or NaN/inf values."""
         d = Path(path)
         meta_path = d / "glcc.json"
+        fix = "re-run `tusss fit` to rewrite the model"
         if not d.is_dir():
-            raise CorruptFileError(f"GLCC directory {d} does not exist")
+            raise CorruptFileError(f"GLCC directory {d} does not exist; run `tusss fit` to create it")
         if not meta_path.is_file():
-            raise CorruptFileError(f"{d} is not a complete GLCC directory: glcc.json missing (interrupted save?)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise CorruptFileError(f"{meta_path} is not valid JSON: {e}") from e
+            raise corrupt(d, "is not a complete GLCC directory: glcc.json missing (interrupted save?)", fix)
+        meta = read_json(meta_path, what="GLCC metadata", fix=fix)
         if not isinstance(meta, dict) or meta.get("format") != "tusss-glcc":
-            raise CorruptFileError(f"{meta_path} is not a tusss GLCC file")
+            raise corrupt(meta_path, "is not a tusss GLCC file", fix)
         if meta.get("format_version") != FORMAT_VERSION:
-            raise CorruptFileError(f"{meta_path} has format_version {meta.get('format_version')!r}; this tusss reads "
-                                   f"version {FORMAT_VERSION}: refit the classifier")
-        arrs = {}
-        for name in _FILES:
-            p = d / name
-            if not p.is_file():
-                raise CorruptFileError(f"{p} missing: incomplete GLCC directory")
-            try:
-                arrs[name] = np.load(p, mmap_mode="r" if mmap and name == "train_embeddings.npy" else None,
-                                     allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:
-                raise CorruptFileError(f"{p} is corrupt: {e}") from e
+            raise corrupt(meta_path, f"has format_version {meta.get('format_version')!r}; this tusss reads "
+                          f"version {FORMAT_VERSION}", fix)
         try:
             N, D, K = int(meta["N"]), int(meta["D"]), int(meta["K"])
             cfg = GLCCConfig.from_dict(meta["config"])
+            k_graph = int(meta["k_graph"])
         except (KeyError, TypeError, ValueError) as e:
-            raise CorruptFileError(f"{meta_path} lacks or garbles a field: {e}") from e
-        shapes = {"train_embeddings.npy": (N, D), "degree.npy": (N,), "pstar.npy": (N, K),
-                  "probe_weight.npy": (K, D)}
-        for name, shp in shapes.items():
-            if arrs[name].shape != shp:
-                raise CorruptFileError(f"{d / name} has shape {arrs[name].shape}, glcc.json says {shp}")
+            raise corrupt(meta_path, f"lacks or garbles a field: {type(e).__name__}: {e}", fix) from e
+        specs = {"train_embeddings.npy": ((N, D), ("float32", "float16", "float64")),
+                 "degree.npy": ((N,), ("float64", "float32")), "pstar.npy": ((N, K), ("float32", "float64")),
+                 "probe_weight.npy": ((K, D), ("float32", "float64"))}
+        arrs = {}
+        for name in _FILES:
+            shp, dts = specs[name]
+            arrs[name] = load_npy(d / name, what=f"GLCC array {name}", shape=shp, dtype=dts, fix=fix,
+                                  mmap=mmap and name == "train_embeddings.npy", finite=True)
         m = cls(cfg, meta.get("class_names"))
         X = arrs["train_embeddings.npy"]
         m.X_ = X if (mmap and X.dtype == np.float32) else np.ascontiguousarray(X, dtype=np.float32)
         m.degree_ = arrs["degree.npy"]
         m.pstar_ = arrs["pstar.npy"].astype(np.float32)
         m.probe_ = LinearProbe(arrs["probe_weight.npy"], scale=float(meta.get("probe_scale", 100.0)))
-        m.k_graph_ = int(meta["k_graph"])
+        m.k_graph_ = k_graph
         m.kind_ = meta.get("kind")
         m.has_bg_ = bool(meta.get("has_bg", True))
         m.history_ = meta.get("history", [])
         return m
 
-
-def _need(kw: dict, key: str, kind: str):
-    if kw.get(key) is None:
-        raise InputError(f"{kind} supervision needs {key}=")
-    return kw[key]
