@@ -6,6 +6,9 @@ Search order for a checkpoint called ``filename``:
 3. a download from ``url`` into that cache directory, unless ``TUSSS_OFFLINE=1`` or the download fails.
 A miss raises :class:`tusss.errors.WeightsNotFoundError` naming the file, where to get it and where to
 put it.
+
+The one grammar of a *weight source* (``--checkpoint`` / ``--weights`` of every command, engine manifests) is
+:func:`parse_weight_source`: ``official`` | ``openai`` | ``random`` | ``none`` | ``PATH``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,43 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from tusss.errors import WeightsNotFoundError
+from tusss.errors import InputError, WeightsNotFoundError
+
+WEIGHT_SOURCE_HELP = "'official' (alias 'openai'), 'random' (alias 'none': random weights) or a checkpoint path"
+_OFFICIAL = ("official", "openai")
+_RANDOM = ("random", "none")
+
+
+def parse_weight_source(spec: str | os.PathLike | None, *, official: str = "official") -> str | None:
+    """Parse one weight source: ``official`` | ``openai`` | ``random`` | ``none`` | ``PATH``.
+
+    Keywords are case-insensitive. ``official`` and ``openai`` are synonyms (the published weights of the
+    model: SAM's official checkpoint, OpenAI's CLIP weights) and map to ``official``, the spelling the
+    loader expects (``"official"`` for :meth:`tusss.masks.MaskGenerator.from_pretrained`, ``"openai"`` for
+    :meth:`tusss.clip.DBAClip.from_pretrained`). ``random`` / ``none`` / ``None`` mean random weights and map
+    to ``None``. Anything else is a checkpoint path, returned as given (the loader checks it exists).
+
+    Raises:
+        InputError: an empty string.
+    """
+    if spec is None:
+        return None
+    s = os.fspath(spec)
+    if not s.strip():
+        raise InputError(f"empty weight source: use {WEIGHT_SOURCE_HELP}")
+    key = s.strip().lower()
+    if key in _RANDOM:
+        return None
+    if key in _OFFICIAL:
+        return official
+    return s
+
+
+def canonical_weight_source(spec: str | os.PathLike | None) -> str:
+    """The recorded spelling of a weight source: ``"random"``, ``"official"`` or the path (see
+    :func:`parse_weight_source`)."""
+    v = parse_weight_source(spec)
+    return "random" if v is None else v
 
 
 def tusss_home() -> Path:

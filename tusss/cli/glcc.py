@@ -1,4 +1,4 @@
-"""``tusss embed | fit | predict | pseudo-label``: thin CLI glue around the store and :class:`GLCC`.
+"""``tusss embed | fit | predict | pseudo-label``: the GLCC commands, thin glue around the store and :class:`GLCC`.
 
 ::
 
@@ -24,30 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from tusss.cli.common import add_clip_args, add_common, build_clip, progress
 from tusss.errors import InputError
+from tusss.weights import WEIGHT_SOURCE_HELP
 
 __all__ = ["register"]
 
 
-def _parse_opts(pairs, what: str) -> dict:
-    from tusss.cli import _parse_opts as parse
-
-    return parse(pairs, what)
-
-
-def _progress(it, total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(it, total=total, desc=desc, unit="img", disable=not enabled)
-
-
 def cmd_embed(args: argparse.Namespace) -> int:
-    import torch
-
-    from tusss.cli import open_mask_cache
-    from tusss.clip.model import DBAClip
     from tusss.data.datasets import get_dataset
     from tusss.data.store import StoreWriter, gt_class_fractions
+    from tusss.masks.cache import open_mask_cache
 
     ds = get_dataset(args.dataset, args.root, args.split, ids_file=args.ids_file)
     ids = list(ds.ids[: args.limit] if args.limit else ds.ids)
@@ -55,10 +42,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise InputError(f"{args.dataset} split {args.split!r} has no images")
     cache = open_mask_cache(args.mask_cache)
     has_gt = not args.no_gt and ds.label(ids[0]) is not None
-    torch.manual_seed(args.seed)
-    opts = _parse_opts(args.clip_opt, "--clip-opt")
-    clip = DBAClip.from_pretrained(args.clip, weights=None if args.weights == "random" else args.weights,
-                                   preset=args.clip_preset, device=args.device, **opts)
+    clip = build_clip(args.clip, args.weights, args.clip_preset, args.device, args.clip_opt, args.seed)
     meta = {"dataset": args.dataset, "split": args.split, "clip": args.clip, "weights": args.weights,
             "clip_preset": args.clip_preset, "clip_opt": args.clip_opt or [], "mask_config_hash": cache.config_hash,
             "class_names": list(ds.class_names), "has_background": bool(ds.has_background)}
@@ -66,7 +50,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
                     num_classes=ds.num_classes if has_gt else None, shard_size=args.shard_size, meta=meta)
     done = w.done()
     n_new = 0
-    for i in _progress(ids, len(ids), "embed", not args.no_progress):
+    for i in progress(ids, len(ids), "embed", not args.no_progress):
         if i in done:
             continue
         ms = cache.get(i)
@@ -116,20 +100,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         lab = set(read_ids_file(args.labeled_ids))
         kw["labeled_images"] = np.array([i in lab for i in img_ids])
     if args.supervision == "weak":
-        import torch
-
-        from tusss.clip.model import DBAClip
         from tusss.pipeline import resolve_class_set
 
         cs = resolve_class_set(vocabulary=args.vocabulary)
         if cs.bg_mode != "dustbin":
             raise InputError(f"weak supervision needs a vocabulary with background dustbin names (e.g. voc, "
                              f"coco-object), {args.vocabulary!r} has bg_mode {cs.bg_mode!r}")
-        torch.manual_seed(args.seed)
-        clip = DBAClip.from_pretrained(info.get("clip", "ViT-B-16"),
-                                       weights=None if args.weights == "random" else args.weights,
-                                       preset=info.get("clip_preset", "reference"), device=args.device,
-                                       **_parse_opts(info.get("clip_opt"), "--clip-opt"))
+        clip = build_clip(info.get("clip", "ViT-B-16"), args.weights, info.get("clip_preset", "reference"),
+                          args.device, info.get("clip_opt"), args.seed)
         text = clip.encode_text(list(cs.names), cs.templates)
         kw["zero_shot_logits"] = clip.logits(X, text)
         kw["image_labels"] = [np.flatnonzero((meta.gt_frac[a:b, 1:] > 0).any(0)) for a, b in zip(off[:-1], off[1:])]
@@ -166,14 +144,14 @@ def _paint(cache, img_id: str, mask_index: np.ndarray, labels: np.ndarray, conf:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tusss.cli import open_mask_cache
     from tusss.io import write_label_png
+    from tusss.masks.cache import open_mask_cache
 
     m, st, meta, scores, off = _scores_per_image(args)
     cache = open_mask_cache(args.mask_cache)
     out = Path(args.out)
     n = len(off) - 1
-    for j in _progress(range(n), n, "predict", not args.no_progress):
+    for j in progress(range(n), n, "predict", not args.no_progress):
         a, b = int(off[j]), int(off[j + 1])
         i = str(meta.image_id[a])
         s = scores[a:b]
@@ -188,15 +166,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from tusss.cli import open_mask_cache
     from tusss.io import write_label_png
+    from tusss.masks.cache import open_mask_cache
 
     m, st, meta, scores, off = _scores_per_image(args)
     cache = open_mask_cache(args.mask_cache)
     out = Path(args.out) / "SegmentationClassAug"
     restrict = not args.no_restrict and meta.gt_frac is not None
     n = len(off) - 1
-    for j in _progress(range(n), n, "pseudo-label", not args.no_progress):
+    for j in progress(range(n), n, "pseudo-label", not args.no_progress):
         a, b = int(off[j]), int(off[j + 1])
         i = str(meta.image_id[a])
         s = scores[a:b].copy()
@@ -210,12 +188,6 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``embed``, ``fit``, ``predict`` and ``pseudo-label`` to the ``tusss`` command."""
     p = subparsers.add_parser("embed", help="DBA-CLIP embeddings of every cached mask of a split -> store")
@@ -226,14 +198,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int)
     p.add_argument("--mask-cache", required=True, help="mask cache written by `tusss masks`")
     p.add_argument("--out", required=True, help="embedding store folder (resumed when it exists)")
-    p.add_argument("--clip", default="ViT-B-16")
-    p.add_argument("--weights", default="openai", help="'openai', a checkpoint path, or 'random'")
-    p.add_argument("--clip-preset", default="reference")
-    p.add_argument("--clip-opt", action="append", metavar="KEY=VALUE", help="override a DBAClipConfig field")
+    add_clip_args(p, title=None)
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--shard-size", type=int, default=65536)
     p.add_argument("--no-gt", action="store_true", help="do not record GT class fractions")
-    _common(p)
+    add_common(p)
     p.set_defaults(func=cmd_embed)
 
     p = subparsers.add_parser("fit", help="build a GLCC classifier from an embedding store")
@@ -242,14 +211,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="model folder")
     p.add_argument("--labeled-ids", help="semi: file listing the labelled image ids")
     p.add_argument("--vocabulary", default="voc", help="weak: dustbin vocabulary for zero-shot scores")
-    p.add_argument("--weights", default="openai", help="weak: CLIP weights for the text encoder")
+    p.add_argument("--weights", default="openai", help=f"weak: CLIP weights of the text encoder: {WEIGHT_SOURCE_HELP}")
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--rounds", type=int)
     p.add_argument("--k-bar", type=int)
     p.add_argument("--probe-iters", type=int, default=10_000)
     p.add_argument("--knn-backend", default="torch", choices=["torch", "faiss", "faiss-ivf", "faiss-hnsw"])
-    _common(p)
+    add_common(p)
     p.set_defaults(func=cmd_fit)
 
     for name, fn, hlp in (("predict", cmd_predict, "classify the masks of a (val) store with a GLCC"),
@@ -261,5 +230,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--out", required=True)
         if name == "pseudo-label":
             p.add_argument("--no-restrict", action="store_true", help="do not restrict to GT image classes")
-        _common(p)
+        add_common(p)
         p.set_defaults(func=fn)

@@ -289,3 +289,84 @@ def cache_masks(
             stacklevel=2,
         )
     return out
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+MANIFEST = "tusss-masks.json"
+
+
+def check_manifest(root: str | os.PathLike, generator: MaskGenerator, overwrite: bool = False) -> None:
+    """Refuse a mask cache whose manifest names another mask configuration than ``generator``'s.
+
+    Raises:
+        InputError: the manifest's config hash differs (unless ``overwrite``).
+        CorruptFileError: the manifest is not valid JSON.
+    """
+    import json
+
+    p = Path(root) / MANIFEST
+    if overwrite or not p.is_file():
+        return
+    try:
+        old = json.loads(p.read_text()).get("config_hash")
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"mask cache manifest {str(p)!r} is unreadable: {e}") from e
+    if old != generator.config_hash:
+        raise InputError(
+            f"mask cache {str(root)!r} holds masks of another configuration (hash {str(old)[:12]}..., "
+            f"this run {generator.config_hash[:12]}...); use another --cache-dir or --overwrite"
+        )
+
+
+def write_manifest(root: str | os.PathLike, generator: MaskGenerator) -> None:
+    """Record the mask configuration of a cache in ``root/tusss-masks.json`` (config hash, model type,
+    weights id, MaskGenConfig), so that :func:`open_mask_cache` opens the cache without building SAM."""
+    import json
+
+    r = Path(root)
+    r.mkdir(parents=True, exist_ok=True)
+    man = {"config_hash": generator.config_hash, "model_type": generator.model_type,
+           "weights_id": generator.weights_id, "config": generator.config.to_dict()}  # fmt: skip
+    p = r / MANIFEST
+    if p.is_file():
+        old = json.loads(p.read_text())
+        if old.get("config_hash") == man["config_hash"]:
+            return
+    tmp = r / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(man, indent=1))
+    os.replace(tmp, p)
+
+
+def open_mask_cache(root: str | os.PathLike) -> MaskCache:
+    """Open an existing mask cache without building SAM: the config hash comes from the manifest written by
+    ``tusss masks`` / ``tusss segment`` (:func:`write_manifest`), else from the cached files themselves (all
+    must agree).
+
+    Raises:
+        MissingFileError: ``root`` does not exist. InputError: no masks, or several configurations.
+        CorruptFileError: unreadable manifest.
+    """
+    import json
+
+    r = Path(root)
+    if not r.is_dir():
+        from tusss.io import MissingFileError
+
+        raise MissingFileError(f"mask cache {str(r)!r} does not exist")
+    man = r / MANIFEST
+    if man.is_file():
+        try:
+            h = json.loads(man.read_text())["config_hash"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CorruptFileError(f"mask cache manifest {str(man)!r} is unreadable: {e}") from e
+        return MaskCache(r, h)
+    probe = MaskCache(r, "probe")
+    hashes = set()
+    for i in probe.ids():
+        with np.load(probe.path(i), allow_pickle=False) as z:
+            hashes.add(str(z["__config_hash__"]))
+    if not hashes:
+        raise InputError(f"mask cache {str(r)!r} holds no masks")
+    if len(hashes) > 1:
+        raise InputError(f"mask cache {str(r)!r} mixes {len(hashes)} mask configurations")
+    return MaskCache(r, hashes.pop())

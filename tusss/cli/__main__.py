@@ -1,0 +1,7 @@
+"""``python -m tusss.cli`` runs the ``tusss`` command."""
+
+import sys
+
+from tusss.cli import main
+
+sys.exit(main())
