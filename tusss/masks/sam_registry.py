@@ -24,7 +24,8 @@ import torch
 from segment_anything.build_sam import sam_model_registry as _sa_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from tusss.errors import CorruptFileError, InputError
+from tusss.errors import InputError
+from tusss.persist import corrupt
 from tusss.weights import resolve_checkpoint
 
 SAM_URL_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -153,15 +154,18 @@ def state_dict_id(model: torch.nn.Module) -> str:
     return "random:" + h.hexdigest()[:16]
 
 
+_CKPT_FIX = "delete the file so that it is downloaded again, or pass a good file with --checkpoint"
+
+
 def _load_state_dict(path: Path, model_type: str) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated download, not a torch file, pickled code ...
-        raise CorruptFileError(f"cannot read SAM {model_type} checkpoint {path}: {type(e).__name__}: {e}") from e
+        raise corrupt(path, f"cannot read the SAM {model_type} checkpoint ({type(e).__name__}: {e})", _CKPT_FIX) from e
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CorruptFileError(f"SAM {model_type} checkpoint {path} does not hold a state dict of tensors")
+        raise corrupt(path, f"the SAM {model_type} checkpoint does not hold a state dict of tensors", _CKPT_FIX)
     return sd
 
 
