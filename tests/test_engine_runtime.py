@@ -77,7 +77,51 @@ def test_attached_dbaclip_matches_torch(models, engine):
     t_ref = clip.encode_text(names, "vild")
     t_got = eclip.encode_text(names, "vild")  # 14 templates x 3 names
     np.testing.assert_allclose(t_got, t_ref, atol=1e-5)
-    assert eclip.runner is not clip.runner and clip.model is not eclip.model
+    assert eclip.runner is not clip.runner and eclip.text_encoder is not clip.text_encoder
+
+
+@torch.no_grad()
+def test_attached_objects_run_every_exported_graph_and_no_torch_network():
+    """Counts the runs of each engine graph during generate / embed / encode_text and the calls of the PyTorch
+    SAM decoder, CLIP last block and text tower (forward hooks): the engine path must use all four graphs and
+    never fall back to the PyTorch networks (the old generator decoded with the PyTorch decoder)."""
+    from tusss.engine.runtime import EngineSamBackend
+
+    m = tiny_models(pred_iou_thresh=-100.0, stability_score_thresh=0.0, points_per_side=4, crop_n_layers=0)
+    eng = Engine.load(tiny_engine_dir())
+    gen, clip = eng.attach(m.mask_generator), eng.attach(m.dbaclip)
+    torch_calls = {"sam_image_encoder": 0, "sam_mask_decoder": 0, "clip_last_block": 0, "clip_text": 0}
+
+    def hook(name):
+        def f(*_a):
+            torch_calls[name] += 1
+        return f
+
+    sam, model = m.mask_generator.sam, m.dbaclip.model
+    hooks = [sam.image_encoder.register_forward_hook(hook("sam_image_encoder")),
+             sam.mask_decoder.register_forward_hook(hook("sam_mask_decoder")),
+             model.visual.transformer.resblocks[-1].register_forward_hook(hook("clip_last_block")),
+             model.transformer.register_forward_hook(hook("clip_text"))]
+    try:
+        img = synthetic_images(1, (96, 128), seed=4)[0]
+        ms = gen.generate(img)
+        assert len(ms) > 0
+        assert eng.calls["sam_encoder"] == 1 and eng.calls["sam_decoder"] >= 1, dict(eng.calls)
+        given = np.zeros((3, 96, 128), bool)
+        given[0, :40], given[1, 40:, :60], given[2, 40:, 60:] = True, True, True
+        emb = clip.embed_masks(img, given)
+        assert emb.shape == (3, clip.embed_dim) and eng.calls["clip_windows"] >= 2  # global pass + windows
+        clip.encode_text(["cat", "dog"], "vild")
+        assert eng.calls["clip_text"] >= 1
+    finally:
+        for h in hooks:
+            h.remove()
+    assert set(eng.calls) == {"sam_encoder", "sam_decoder", "clip_windows", "clip_text"}
+    assert torch_calls == {k: 0 for k in torch_calls}, torch_calls
+    # the mask-cache key names the backend and precision; the PyTorch generator keeps its own key
+    assert isinstance(gen.backend, EngineSamBackend) and gen.config_hash != m.mask_generator.config_hash
+    assert m.mask_generator.config_hash == m.mask_generator.config.config_hash("vit_tiny",
+                                                                               m.mask_generator.weights_id)
 
 
 def test_cli_info_and_check(capsys):

@@ -3,6 +3,7 @@ reference §2-4)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -26,7 +27,8 @@ from tusss.clip.gsw import (
 from tusss.clip.pooling import gsw_pool
 from tusss.clip.templates import get_templates
 from tusss.clip.tiny import register_model_configs
-from tusss.errors import CorruptFileError, InputError
+from tusss.errors import InputError
+from tusss.persist import corrupt
 from tusss.validate import check_image, check_masks
 from tusss.weights import resolve_checkpoint
 
@@ -74,31 +76,100 @@ def _load_checkpoint_file(model_name: str, path: Path, device: str, quick_gelu: 
         model.load_state_dict(sd, strict=True)
         return model.to(device)
     except Exception as e:  # truncated file, wrong architecture, not a checkpoint
-        raise CorruptFileError(f"cannot load CLIP weights for {model_name!r} from {path}: {e}") from e
+        fix = "delete the file so that it is downloaded again, or pass a good file with --weights"
+        raise corrupt(path, f"cannot load CLIP weights for {model_name!r} ({type(e).__name__}: {e})", fix) from e
+
+
+class TextEncoder:
+    """How CLIP's text tower runs (the text half of DBAClip's backend seam): (K, T) int64 tokens -> (K, D)
+    un-normalised text features. :class:`TorchTextEncoder` runs open_clip's ``encode_text``; the engine runtime
+    supplies one on its ``clip_text`` graph."""
+
+    name: str = "torch"
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TorchTextEncoder(TextEncoder):
+    """open_clip's own ``model.encode_text``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
 
 
 class DBAClip:
     """Mask-aware CLIP encoder (paper Eq. 10 with the reference code's details).
 
-    Attributes:
-        model: the wrapped ``open_clip`` CLIP model (eval mode, no gradients).
+    Args:
+        model: an ``open_clip`` CLIP model (put in eval mode, gradients off).
         cfg: :class:`DBAClipConfig`.
         model_name: open_clip architecture name.
-        device: torch device of the model.
-        embed_dim: D, dimension of mask / text embeddings (512 for ViT-B/16).
+        runner: the image-tower runner (default: :class:`tusss.clip.block.TowerRunner` on ``model.visual``; the
+            engine runtime passes one on its ``clip_windows`` graph). Anything with ``features(images,
+            token_masks)`` and ``patch``.
+        text_encoder: the text-tower runner (default :class:`TorchTextEncoder`).
+        preset: name of the preset ``cfg`` came from (recorded in :meth:`identity`), if known.
+        weights_id: identity of the weights (default: sha256 of the model's parameters, computed once).
+
+    Attributes:
+        model, cfg, model_name, runner, text_encoder, preset; device; embed_dim: D, dimension of mask / text
+        embeddings (512 for ViT-B/16).
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: DBAClipConfig, model_name: str = "ViT-B-16"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: DBAClipConfig,
+        model_name: str = "ViT-B-16",
+        *,
+        runner: TowerRunner | None = None,
+        text_encoder: TextEncoder | None = None,
+        preset: str | None = None,
+        weights_id: str | None = None,
+    ):
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.cfg = cfg
         self.model_name = model_name
-        self.runner = TowerRunner(self.model.visual, cfg)
+        self.runner = runner if runner is not None else TowerRunner(self.model.visual, cfg)
+        self.text_encoder = text_encoder if text_encoder is not None else TorchTextEncoder(self.model)
+        self.preset = preset
+        self._weights_id = weights_id
         self.patch = self.runner.patch
         self.embed_dim = int(self.model.visual.output_dim)
         self._tokenizer = None
         self._text_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
+
+    def with_backend(self, runner: TowerRunner | None = None, text_encoder: TextEncoder | None = None) -> DBAClip:
+        """A new DBAClip on the same model, config and identity whose image / text towers run on ``runner`` /
+        ``text_encoder`` (None: this one's). Its text cache starts empty."""
+        return DBAClip(self.model, self.cfg, self.model_name, runner=runner or self.runner,
+                       text_encoder=text_encoder or self.text_encoder, preset=self.preset,
+                       weights_id=self._weights_id)
+
+    @property
+    def weights_id(self) -> str:
+        """sha256 of the model's parameters and buffers (the engine manifest's ``weights_sha256``)."""
+        if not self._weights_id:
+            from tusss.export.onnx_io import state_dict_hash
+
+            self._weights_id = state_dict_hash(self.model)
+        return self._weights_id
+
+    def identity(self) -> dict[str, str]:
+        """The embedder identity a fitted classifier depends on: ``clip_model``, ``clip_weights`` (sha256),
+        ``clip_preset`` (name or "custom") and ``clip_config`` (sha256 of every config field)."""
+        import hashlib
+        import json
+
+        cfg = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True, default=str)
+        return {"clip_model": self.model_name, "clip_weights": self.weights_id,
+                "clip_preset": self.preset or "custom", "clip_config": hashlib.sha256(cfg.encode()).hexdigest()}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -139,7 +210,7 @@ class DBAClip:
                 resolve_checkpoint(p.name, path=p, url=url, what=f"CLIP {model} checkpoint")  # raises
             m = _load_checkpoint_file(model, p, device, quick_gelu)
         m = m.to(device).float()
-        return cls(m, cfg, model)
+        return cls(m, cfg, model, preset=preset)
 
     @property
     def device(self) -> torch.device:
@@ -238,7 +309,7 @@ class DBAClip:
         feats = []
         for s in range(0, len(prompts), 512):
             tok = self.tokenizer(prompts[s: s + 512]).to(self.device)
-            feats.append(F.normalize(self.model.encode_text(tok).float(), dim=-1))
+            feats.append(F.normalize(self.text_encoder.encode(tok).float().to(self.device), dim=-1))
         f = torch.cat(feats, 0).view(len(tmpl), len(class_names), -1).mean(0)
         out = F.normalize(f, dim=-1).cpu().numpy().astype(np.float32)
         self._text_cache[key] = out

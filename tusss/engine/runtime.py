@@ -7,30 +7,33 @@
 
 ``attach`` returns a *new* generator / encoder object that shares the PyTorch model (used for
 pre/post-processing and to check that the weights match the manifest) and routes the heavy parts to
-the engine:
+the engine through the objects' public backend seams (nothing private of them is written):
 
-* :class:`EngineSamPredictor` (a ``segment_anything.SamPredictor``): ``set_torch_image`` runs the
-  ``sam_encoder`` graph instead of ``sam.image_encoder``; ``predict_torch`` runs the ``sam_decoder`` graph
-  (prompt batch, multimask) and keeps SAM's own ``postprocess_masks``; everything else of automatic mask
-  generation (thresholds, stability, NMS, crops, RSW) is tusss' unchanged Python code.
+* :class:`EngineSamBackend` (a :class:`tusss.masks.generator.SamBackend`): the generator's image encoder runs
+  the ``sam_encoder`` graph and its prompt-batched decoder the ``sam_decoder`` graph; SAM's own
+  pre/post-processing and everything else of automatic mask generation (thresholds, stability, NMS, crops,
+  RSW) is tusss' unchanged Python code. The generator's mask-cache key carries the backend and precision.
 * :class:`EngineTowerRunner` (a ``tusss.clip.block.TowerRunner``): ``features`` builds the attention bias
   with ``tusss.clip.attention.build_attention_bias`` and runs the ``clip_windows`` graph.
-* :class:`_TextModel`: the CLIP model seen by ``DBAClip.encode_text``, whose ``encode_text`` runs
-  ``clip_text``.
+* :class:`EngineTextEncoder` (a :class:`tusss.clip.model.TextEncoder`): runs ``clip_text``.
+
+``Engine.calls`` counts the runs of each graph (one per chunk), so a caller can see which graphs ran.
 """
 
 from __future__ import annotations
 
-import copy
 import os
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
-from segment_anything import SamPredictor
 
 import tusss
+from tusss.clip.model import TextEncoder
 from tusss.errors import InputError
+from tusss.masks.generator import BackendSamPredictor, SamBackend
 
 from .errors import BackendUnavailableError, EngineMismatchError
 from .graphs import OrtGraph, run_chunked
@@ -61,6 +64,17 @@ class Engine:
         self.manifest = manifest
         self.graphs = graphs
         self.backend = backend
+        self.calls: Counter[str] = Counter()  # graph name -> number of runs (chunks) since load
+        self._calls_lock = threading.Lock()
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.precision
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers in use (ONNX Runtime), or ``["TensorRT"]``."""
+        return sorted({p for g in self.graphs.values() for p in getattr(g, "providers", ["TensorRT"])})
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -135,7 +149,13 @@ class Engine:
         g = self.graph(name)
         sym, batched = _BATCH_AXIS[name]
         hi = self.manifest.graphs[name].ranges.get(sym, [1, 1, 1 << 30])[2]
-        return run_chunked(g.run, feeds, batched, int(hi))
+
+        def counted(f: Any) -> list[torch.Tensor]:
+            with self._calls_lock:
+                self.calls[name] += 1
+            return g.run(f)
+
+        return run_chunked(counted, feeds, batched, int(hi))
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) pre-processed SAM input -> (N, C, S/16, S/16) image embeddings."""
@@ -212,65 +232,46 @@ class Engine:
             self.check_sam(obj.sam, weights=check_weights)
             for g in ("sam_encoder", "sam_decoder"):
                 self.graph(g)
-            gen = MaskGenerator(obj.sam, obj.config, model_type=obj.model_type, weights_id=obj._weights_id)
-            # hook: the generator's SamPredictor (segment_anything API) is replaced by the engine's
-            gen._amg.predictor = EngineSamPredictor(obj.sam, self)
+            gen = obj.with_backend(EngineSamBackend(self))
             gen.engine = self
             return gen
         if isinstance(obj, DBAClip):
             self.check_clip(obj.model, obj.cfg, weights=check_weights)
-            clip = copy.copy(obj)
-            clip.runner = EngineTowerRunner(obj.model.visual, obj.cfg, self)
-            if "clip_text" in self.graphs:
-                clip.model = _TextModel(obj.model, self)
-                clip._text_cache = {}
+            text = EngineTextEncoder(obj.model, self) if "clip_text" in self.graphs else None
+            clip = obj.with_backend(runner=EngineTowerRunner(obj.model.visual, obj.cfg, self), text_encoder=text)
             clip.engine = self
             return clip
         raise InputError(f"Engine.attach takes a MaskGenerator or a DBAClip, got {type(obj).__name__}")
 
 
-class EngineSamPredictor(SamPredictor):
+class EngineSamBackend(SamBackend):
+    """:class:`tusss.masks.generator.SamBackend` on an engine's ``sam_encoder`` / ``sam_decoder`` graphs."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.name = engine.backend
+        self.precision = engine.precision
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.engine.encode_images(images).to(images.device)
+
+    def decode(
+        self, image_embedding: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        low, iou = self.engine.decode_prompts(image_embedding, point_coords, point_labels)
+        return low.to(image_embedding.device), iou.to(image_embedding.device)
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "precision": self.precision, "providers": self.engine.providers,
+                "engine": str(self.engine.path)}
+
+
+class EngineSamPredictor(BackendSamPredictor):
     """``SamPredictor`` whose image encoder and prompt decoder run on an :class:`Engine`."""
 
     def __init__(self, sam: torch.nn.Module, engine: Engine) -> None:
-        super().__init__(sam)
+        super().__init__(sam, EngineSamBackend(engine))
         self.engine = engine
-
-    @torch.no_grad()
-    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
-        # segment_anything's set_torch_image with the encoder call routed to the engine
-        S = self.model.image_encoder.img_size
-        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3 or max(transformed_image.shape[2:]) != S:
-            raise InputError(
-                f"set_torch_image input must be BCHW with long side {S}, got {tuple(transformed_image.shape)}"
-            )
-        self.reset_image()
-        self.original_size = original_image_size
-        self.input_size = tuple(transformed_image.shape[-2:])
-        input_image = self.model.preprocess(transformed_image)
-        self.features = self.engine.encode_images(input_image).to(self.device)
-        self.is_image_set = True
-
-    @torch.no_grad()
-    def predict_torch(
-        self,
-        point_coords: torch.Tensor | None,
-        point_labels: torch.Tensor | None,
-        boxes: torch.Tensor | None = None,
-        mask_input: torch.Tensor | None = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        if point_coords is None or boxes is not None or mask_input is not None or not multimask_output:
-            raise InputError("the engine's SAM decoder takes point prompts with multimask_output=True only")
-        low, iou = self.engine.decode_prompts(self.features, point_coords, point_labels)
-        low, iou = low.to(self.device), iou.to(self.device)
-        masks = self.model.postprocess_masks(low, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-        return masks, iou, low
 
 
 def _tower_runner_cls() -> type:
@@ -307,20 +308,17 @@ class EngineTowerRunner(_tower_runner_cls()):  # type: ignore[misc]
         return out.reshape(B, h, w, -1).to(images.device)
 
 
-class _TextModel:
-    """The CLIP model as ``DBAClip.encode_text`` sees it, with ``encode_text`` on the engine's text graph."""
+class EngineTextEncoder(TextEncoder):
+    """:class:`tusss.clip.model.TextEncoder` on an engine's ``clip_text`` graph (``model``: for the EOT rule)."""
 
     def __init__(self, model: torch.nn.Module, engine: Engine) -> None:
-        self._model = model
-        self._engine = engine
+        self.model = model
+        self.engine = engine
+        self.name = engine.backend
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        eot = eot_positions(self._model, tokens)
-        f = self._engine.text_features(tokens, eot).to(tokens.device)
-        return torch.nn.functional.normalize(f, dim=-1) if normalize else f
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        eot = eot_positions(self.model, tokens)
+        return self.engine.text_features(tokens, eot).to(tokens.device)
 
 
 def eot_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:

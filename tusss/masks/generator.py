@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from segment_anything import SamAutomaticMaskGenerator
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import Sam
 from segment_anything.utils.amg import (
     MaskData,
@@ -52,6 +52,108 @@ from tusss.validate import check_image
 N_LEVELS = 3  # SAM multimask outputs: 0 sub-part, 1 part, 2 whole
 
 
+class SamBackend:
+    """How SAM's image encoder and its prompt-batched mask decoder run: the generator's one backend seam.
+
+    :class:`TorchSamBackend` runs the ``Sam`` modules; ``tusss.engine.runtime.EngineSamBackend`` runs an engine's
+    ``sam_encoder`` / ``sam_decoder`` graphs. ``name`` and ``precision`` identify the backend in the mask-cache
+    key (:attr:`MaskGenerator.config_hash`), so that masks of an fp16 engine are never served as fp32 masks.
+    """
+
+    name: str = "torch"
+    precision: str = "fp32"
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) float32 pre-processed (normalised, padded) input -> (N, C, S/16, S/16) embeddings."""
+        raise NotImplementedError
+
+    def decode(
+        self, image_embedding: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, C, h, w), (B, 1, 2) coords in the S frame, (B, 1) labels -> ((B, 3, 4h, 4w) logits, (B, 3) IoU)."""
+        raise NotImplementedError
+
+    @property
+    def cache_tag(self) -> str:
+        """'' for eager PyTorch fp32 (the reference masks), else ``"<name>:<precision>"``."""
+        return "" if (self.name, self.precision) == ("torch", "fp32") else f"{self.name}:{self.precision}"
+
+    def info(self) -> dict[str, Any]:
+        """JSON-able description (name, precision, ...)."""
+        return {"name": self.name, "precision": self.precision}
+
+
+class TorchSamBackend(SamBackend):
+    """SAM's own PyTorch modules (image encoder, prompt encoder, mask decoder) of ``sam``."""
+
+    def __init__(self, sam: Sam) -> None:
+        self.sam = sam
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.sam.image_encoder(images)
+
+    def decode(
+        self, image_embedding: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pe = self.sam.prompt_encoder
+        sparse, dense = pe(points=(point_coords, point_labels), boxes=None, masks=None)
+        return self.sam.mask_decoder(
+            image_embeddings=image_embedding,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+
+
+class BackendSamPredictor(SamPredictor):
+    """segment_anything's ``SamPredictor`` whose encoder and point-prompt decoder run through a :class:`SamBackend`
+    (the pre/post-processing, i.e. resize, normalisation, padding and mask up-sampling, stay SAM's own)."""
+
+    def __init__(self, sam: Sam, backend: SamBackend) -> None:
+        super().__init__(sam)
+        self.backend = backend
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        S = self.model.image_encoder.img_size
+        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3 or max(transformed_image.shape[2:]) != S:
+            raise InputError(
+                f"set_torch_image input must be BCHW with long side {S}, got {tuple(transformed_image.shape)}"
+            )
+        self.reset_image()
+        self.original_size = original_image_size
+        self.input_size = tuple(transformed_image.shape[-2:])
+        input_image = self.model.preprocess(transformed_image)
+        self.features = self.backend.encode(input_image).to(self.device)
+        self.is_image_set = True
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        if point_coords is None or boxes is not None or mask_input is not None or not multimask_output:
+            if isinstance(self.backend, TorchSamBackend):  # SAM's own general path
+                return super().predict_torch(point_coords, point_labels, boxes, mask_input, multimask_output,
+                                             return_logits)
+            raise InputError(f"the {self.backend.name} SAM decoder takes point prompts with multimask_output=True "
+                             "only")
+        low, iou = self.backend.decode(self.features, point_coords, point_labels)
+        low, iou = low.to(self.device), iou.to(self.device)
+        masks = self.model.postprocess_masks(low, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low
+
+
 class LevelMaskGenerator(SamAutomaticMaskGenerator):
     """``SamAutomaticMaskGenerator`` whose masks carry their level and whose filters use level offsets.
 
@@ -59,9 +161,11 @@ class LevelMaskGenerator(SamAutomaticMaskGenerator):
     ``points``, ``stability_score``, ``crop_boxes`` XYXY, ``level``) after steps 1-6 of the module doc.
     """
 
-    def __init__(self, model: Sam, config: MaskGenConfig) -> None:
+    def __init__(self, model: Sam, config: MaskGenConfig, backend: SamBackend | None = None) -> None:
         super().__init__(model, output_mode="uncompressed_rle", **config.sam_kwargs())
         self.config = config
+        self.backend = backend if backend is not None else TorchSamBackend(model)
+        self.predictor = BackendSamPredictor(model, self.backend)  # encoder + decoder through the backend
         self.score_thresh_offset = torch.tensor(config.score_thresh_offset, dtype=torch.float32)
         self.score_nms_offset = torch.tensor(config.score_nms_offset, dtype=torch.float32)
         self.stability_score_bias = torch.tensor(config.stability_score_bias, dtype=torch.float32)
@@ -130,14 +234,7 @@ class LevelMaskGenerator(SamAutomaticMaskGenerator):
         transformed_points = predictor.transform.apply_coords(points, im_size)
         in_points = torch.as_tensor(transformed_points, device=predictor.device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
-        low_res, iou_preds = model.mask_decoder(
-            image_embeddings=predictor.features,
-            image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-        )
+        low_res, iou_preds = self.backend.decode(predictor.features, in_points[:, None, :], in_labels[:, None])
         n_out = low_res.shape[1]
         if n_out != N_LEVELS:
             raise InputError(f"SAM returned {n_out} masks per point, expected {N_LEVELS} (multimask output)")
@@ -222,6 +319,7 @@ class MaskGenerator:
         *,
         model_type: str = "",
         weights_id: str = "",
+        backend: SamBackend | None = None,
     ) -> None:
         if not isinstance(sam, Sam):
             raise InputError(f"sam must be a segment_anything Sam, got {type(sam)}")
@@ -231,7 +329,9 @@ class MaskGenerator:
         self.sam = sam
         self.model_type = model_type
         self._weights_id = weights_id
-        self._amg = LevelMaskGenerator(sam, self.config)
+        if backend is not None and not isinstance(backend, SamBackend):
+            raise InputError(f"backend must be a tusss.masks.generator.SamBackend, got {type(backend).__name__}")
+        self._amg = LevelMaskGenerator(sam, self.config, backend)
 
     @classmethod
     def from_pretrained(
@@ -272,9 +372,22 @@ class MaskGenerator:
         return self._weights_id
 
     @property
+    def backend(self) -> SamBackend:
+        """The :class:`SamBackend` that runs SAM's encoder and decoder."""
+        return self._amg.backend
+
+    def with_backend(self, backend: SamBackend) -> MaskGenerator:
+        """A new generator on the same Sam, config and weights identity whose SAM networks run on ``backend``."""
+        return MaskGenerator(self.sam, self.config, model_type=self.model_type, weights_id=self.weights_id,
+                             backend=backend)
+
+    @property
     def config_hash(self) -> str:
-        """Key of the masks this generator produces (config + model type + weights), used by MaskCache."""
-        return self.config.config_hash(self.model_type, self.weights_id)
+        """Key of the masks this generator produces (config + model type + weights + backend/precision), used by
+        MaskCache. Eager PyTorch fp32 keeps the key of earlier versions; any other backend or precision adds
+        ``"<backend>:<precision>"`` to it."""
+        tag = self.backend.cache_tag
+        return self.config.config_hash(self.model_type, self.weights_id + (f"|backend={tag}" if tag else ""))
 
     def generate(self, image: np.ndarray) -> MaskSet:
         """Masks of one image.
