@@ -31,6 +31,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "tusss.cli.ov",
     "tusss.cli.glcc",
+    "tusss.cli.ray_options",  # adds --ray to masks/embed (must follow the modules that define them)
 )
 
 
