@@ -4,14 +4,13 @@ Layout: ``<root>/<id component>/.../<last component>.npz``; each file holds ``Ma
 ``__config_hash__``, ``__tusss_version__``, ``__image_id__`` and ``__format__``. Image ids may contain
 ``/`` (e.g. Cityscapes ``city/name``): every component is percent-encoded (``%``, path separators,
 control characters, a leading ``.`` ...), so any id maps to one file inside ``root`` and back.
-Writes go to a hidden temporary file in the same folder and are moved in place with ``os.replace``;
+Writes go through :mod:`tusss.persist` (hidden temporary file in the same folder, fsync, ``os.replace``):
 an interrupted run leaves either no file or the previous one, never a half-written one.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +22,7 @@ import numpy as np
 
 from tusss.errors import CorruptFileError, InputError
 from tusss.masks.maskset import MaskSet
+from tusss.persist import atomic_save_npz, atomic_write_json, corrupt, read_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from tusss.masks.generator import MaskGenerator
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 CACHE_FORMAT = 1
 _SUFFIX = ".npz"
 _META = ("__config_hash__", "__tusss_version__", "__image_id__", "__format__")
+_FIX = "delete it to regenerate it (re-run `tusss masks`)"
 _SAFE = "-_.,=+@~()[]{}!$&'"  # left as is in file names (plus ASCII letters and digits)
 
 
@@ -109,22 +110,23 @@ class MaskCache:
 
     # ------------------------------------------------------------------ read
     def _open(self, path: Path) -> Any:
+        if path.stat().st_size == 0:
+            raise corrupt(path, "mask cache file is empty (0 bytes)", _FIX)
         try:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-            raise CorruptFileError(
-                f"mask cache file {path} is unreadable ({type(e).__name__}: {e}); delete it to regenerate it"
-            ) from e
+            raise corrupt(path, f"mask cache file is unreadable ({type(e).__name__}: {e})", _FIX) from e
 
     def _check_hash(self, path: Path, npz: Any) -> bool:
         """True if the file matches; False if it does not and overwrite is on; raise otherwise."""
         try:
             h = str(npz["__config_hash__"])
-        except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-            raise CorruptFileError(
-                f"mask cache file {path} has no readable config hash ({type(e).__name__}: {e}); "
-                "delete it to regenerate it"
-            ) from e
+            fmt = int(npz["__format__"]) if "__format__" in npz.files else CACHE_FORMAT
+        except Exception as e:  # KeyError, BadZipFile, zlib.error, bad CRC, EOFError ...
+            raise corrupt(path, f"mask cache file has no readable config hash ({type(e).__name__}: {e})",
+                          _FIX) from e
+        if fmt != CACHE_FORMAT:
+            raise corrupt(path, f"mask cache file has format {fmt}, this tusss reads {CACHE_FORMAT}", _FIX)
         if h == self.config_hash:
             return True
         if self.overwrite:
@@ -162,9 +164,7 @@ class MaskCache:
                 d = {k: npz[k] for k in npz.files if k not in _META}
                 return MaskSet.from_dict(d)
             except Exception as e:  # truncated member, bad CRC, missing key, inconsistent shapes
-                raise CorruptFileError(
-                    f"mask cache file {p} is corrupt ({type(e).__name__}: {e}); delete it to regenerate it"
-                ) from e
+                raise corrupt(p, f"mask cache file is corrupt ({type(e).__name__}: {e})", _FIX) from e
 
     # ------------------------------------------------------------------ write
     def put(self, image_id: str, maskset: MaskSet) -> Path:
@@ -188,20 +188,7 @@ class MaskCache:
         arrays["__tusss_version__"] = np.array(_tusss_version())
         arrays["__image_id__"] = np.array(image_id)
         arrays["__format__"] = np.array(CACHE_FORMAT, np.int64)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix="." + p.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        return p
+        return atomic_save_npz(p, compressed=True, **arrays)
 
 
 ImageSource = np.ndarray | str | os.PathLike | Callable[[], np.ndarray]
@@ -295,22 +282,49 @@ def cache_masks(
 MANIFEST = "tusss-masks.json"
 
 
+MANIFEST_FORMAT = "tusss-mask-cache"
+MANIFEST_VERSION = 1
+_MAN_FIX = "delete it (`tusss masks` rewrites it; the cached masks are kept)"
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of the cache at ``root`` (None when there is none).
+
+    Manifests written before the format field existed (no ``format`` / ``version``) are read as version 1.
+
+    Raises:
+        CorruptFileError: empty, truncated / not JSON, another format or version, or no config hash; the message
+            names the file.
+    """
+    p = Path(root) / MANIFEST
+    if not p.exists():
+        return None
+    man = read_json(p, what="mask cache manifest", fix=_MAN_FIX)
+    if not isinstance(man, dict):
+        raise corrupt(p, "mask cache manifest is not a JSON object", _MAN_FIX)
+    if man.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+        raise corrupt(p, f"is not a mask cache manifest (format {man.get('format')!r})", _MAN_FIX)
+    if man.get("version", MANIFEST_VERSION) != MANIFEST_VERSION:
+        raise corrupt(p, f"mask cache manifest has version {man.get('version')!r}, this tusss reads "
+                      f"{MANIFEST_VERSION}", _MAN_FIX)
+    if not isinstance(man.get("config_hash"), str) or not man["config_hash"]:
+        raise corrupt(p, "mask cache manifest has no config_hash", _MAN_FIX)
+    return man
+
+
 def check_manifest(root: str | os.PathLike, generator: MaskGenerator, overwrite: bool = False) -> None:
     """Refuse a mask cache whose manifest names another mask configuration than ``generator``'s.
 
     Raises:
         InputError: the manifest's config hash differs (unless ``overwrite``).
-        CorruptFileError: the manifest is not valid JSON.
+        CorruptFileError: the manifest is unreadable (see :func:`read_manifest`).
     """
-    import json
-
-    p = Path(root) / MANIFEST
-    if overwrite or not p.is_file():
+    if overwrite:
         return
-    try:
-        old = json.loads(p.read_text()).get("config_hash")
-    except json.JSONDecodeError as e:
-        raise CorruptFileError(f"mask cache manifest {str(p)!r} is unreadable: {e}") from e
+    man = read_manifest(root)
+    if man is None:
+        return
+    old = man["config_hash"]
     if old != generator.config_hash:
         raise InputError(
             f"mask cache {str(root)!r} holds masks of another configuration (hash {str(old)[:12]}..., "
@@ -319,54 +333,51 @@ def check_manifest(root: str | os.PathLike, generator: MaskGenerator, overwrite:
 
 
 def write_manifest(root: str | os.PathLike, generator: MaskGenerator) -> None:
-    """Record the mask configuration of a cache in ``root/tusss-masks.json`` (config hash, model type,
-    weights id, MaskGenConfig), so that :func:`open_mask_cache` opens the cache without building SAM."""
-    import json
-
+    """Record the mask configuration of a cache in ``root/tusss-masks.json`` (format, version, config hash,
+    model type, weights id, MaskGenConfig) atomically, so that :func:`open_mask_cache` opens the cache without
+    building SAM. A damaged manifest is replaced."""
     r = Path(root)
     r.mkdir(parents=True, exist_ok=True)
-    man = {"config_hash": generator.config_hash, "model_type": generator.model_type,
-           "weights_id": generator.weights_id, "config": generator.config.to_dict()}  # fmt: skip
-    p = r / MANIFEST
-    if p.is_file():
-        old = json.loads(p.read_text())
-        if old.get("config_hash") == man["config_hash"]:
-            return
-    tmp = r / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(man, indent=1))
-    os.replace(tmp, p)
+    man = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "config_hash": generator.config_hash,
+           "model_type": generator.model_type, "weights_id": generator.weights_id,
+           "config": generator.config.to_dict()}  # fmt: skip
+    try:
+        old = read_manifest(r)
+    except CorruptFileError:
+        old = None
+    if old is not None and old.get("config_hash") == man["config_hash"]:
+        return
+    atomic_write_json(r / MANIFEST, man, indent=1)
 
 
 def open_mask_cache(root: str | os.PathLike) -> MaskCache:
     """Open an existing mask cache without building SAM: the config hash comes from the manifest written by
     ``tusss masks`` / ``tusss segment`` (:func:`write_manifest`), else from the cached files themselves (all
-    must agree).
+    readable ones must agree; unreadable files are left to the reader of each item, which reports them).
 
     Raises:
-        MissingFileError: ``root`` does not exist. InputError: no masks, or several configurations.
+        MissingFileError: ``root`` does not exist. InputError: no readable masks, or several configurations.
         CorruptFileError: unreadable manifest.
     """
-    import json
-
     r = Path(root)
     if not r.is_dir():
         from tusss.io import MissingFileError
 
         raise MissingFileError(f"mask cache {str(r)!r} does not exist")
-    man = r / MANIFEST
-    if man.is_file():
-        try:
-            h = json.loads(man.read_text())["config_hash"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CorruptFileError(f"mask cache manifest {str(man)!r} is unreadable: {e}") from e
-        return MaskCache(r, h)
+    man = read_manifest(r)
+    if man is not None:
+        return MaskCache(r, man["config_hash"])
     probe = MaskCache(r, "probe")
     hashes = set()
     for i in probe.ids():
-        with np.load(probe.path(i), allow_pickle=False) as z:
-            hashes.add(str(z["__config_hash__"]))
+        p = probe.path(i)
+        try:
+            with probe._open(p) as z:
+                hashes.add(str(z["__config_hash__"]))
+        except Exception:  # a damaged file: reported by MaskCache.get when its image is used
+            continue
     if not hashes:
-        raise InputError(f"mask cache {str(r)!r} holds no masks")
+        raise InputError(f"mask cache {str(r)!r} holds no readable masks (run `tusss masks`)")
     if len(hashes) > 1:
         raise InputError(f"mask cache {str(r)!r} mixes {len(hashes)} mask configurations")
     return MaskCache(r, hashes.pop())
