@@ -184,6 +184,9 @@ class GLCC:
         self.has_bg_: bool = True
         self.history_: list[dict] = []
         self._index = None
+        # embedder identity + mask configuration the embeddings came from (tusss.classify.check_provenance):
+        # clip_model, clip_weights, clip_preset, clip_config, mask_config_hash; saved in glcc.json
+        self.provenance: dict | None = None
 
     # ------------------------------------------------------------------ construction
     def _build_supervision(self, supervision, offsets, N, kw) -> Supervision:
@@ -406,7 +409,7 @@ class GLCC:
             "format": "tusss-glcc", "format_version": FORMAT_VERSION, "config": self.config.to_dict(),
             "class_names": self.class_names, "kind": self.kind_, "has_bg": self.has_bg_, "k_graph": self.k_graph_,
             "probe_scale": self.probe_.scale, "N": int(self.X_.shape[0]), "D": int(self.X_.shape[1]),
-            "K": int(self.pstar_.shape[1]), "history": self.history_,
+            "K": int(self.pstar_.shape[1]), "history": self.history_, "provenance": self.provenance,
         }
         meta_text = json.dumps(meta, indent=1)
 
@@ -468,5 +471,6 @@ class GLCC:
         m.kind_ = meta.get("kind")
         m.has_bg_ = bool(meta.get("has_bg", True))
         m.history_ = meta.get("history", [])
+        m.provenance = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else None
         return m
 
