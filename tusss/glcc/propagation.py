@@ -1,13 +1,22 @@
 """Transductive label propagation, Eq. 1: solve ``(I - alpha S) P* = P^c`` (reference §6.4).
 
 The reference solves one class at a time with ``scipy.sparse.linalg.cg`` (tol 1e-6, maxiter 200, x0 = 0),
-reading the sparse matrix K times per iteration. :func:`block_cg` runs the K conjugate-gradient recurrences
-together: one SpMM on an (N, K_active) block per iteration, per-column step sizes, a per-column
-convergence test ``||r_c|| <= tol * ||b_c||`` (scipy's criterion with atol 0) and converged columns frozen,
-so every column follows exactly the iterates of its own scalar CG.
+reading the sparse matrix K times per iteration. Here the K conjugate-gradient recurrences run together:
+one sparse-times-dense product (SpMM) on an (N, K_active) block per iteration, per-column step sizes, a
+per-column convergence test ``||r_c|| <= tol * ||b_c||`` (scipy's criterion with atol 0) and converged
+columns frozen, so every column follows the iterates of its own scalar CG.
 
-One implementation, two array backends: NumPy/SciPy (CPU) and CuPy/cupyx.scipy.sparse (GPU), picked by
-``backend="auto"`` (CuPy when importable and a GPU is present). CuPy is imported lazily.
+Backends (``propagate(backend=...)``):
+
+- ``"torch"`` (the default through ``"auto"``): float32 CSR tensor with int32 indices and
+  ``torch.addmm`` (MKL on the CPU, cuSPARSE on CUDA), the block compacted whenever columns converge
+  (:func:`block_cg_torch`), and on the CPU a reverse Cuthill-McKee reordering of the graph for locality of
+  the SpMM's gathers. The same code runs on CPU and CUDA tensors (``device=``). Float32 throughout; the
+  result agrees with the float64 per-class solve to ~1e-6 of max |P*| (tests ask for 1e-4).
+- ``"numpy"``: float64 SciPy CSR and :func:`block_cg` (the exact reference arithmetic, kept as the oracle).
+- ``"cupy"``: :func:`block_cg` on CuPy / cupyx.scipy.sparse arrays (float64), imported lazily.
+
+``backend="auto"`` is ``"torch"`` on CUDA when torch sees a GPU, else on the CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ import scipy.sparse as sp
 from tusss.errors import InputError
 from tusss.validate import check_finite
 
-__all__ = ["CGInfo", "block_cg", "propagate", "cupy_available"]
+__all__ = ["CGInfo", "BACKENDS", "block_cg", "block_cg_torch", "propagate", "cupy_available", "rcm_permutation",
+           "permute_symmetric", "torch_csr"]
+
+BACKENDS = ("auto", "torch", "numpy", "cupy")
 
 
 @dataclass
@@ -33,12 +45,18 @@ class CGInfo:
         converged: (K,) bool.
         rel_residual: (K,) float, final ``||b - A x|| / ||b||`` (0 for zero columns).
         spmm_calls: number of sparse products (one per iteration).
+        spmm_columns: total columns multiplied over all SpMMs (< K * spmm_calls when columns were frozen).
+        backend: the backend that ran ("numpy", "cupy", "torch:cpu", "torch:cuda", ...).
+        seconds: wall time of each phase (``prepare``: reordering / conversion / upload, ``solve``).
     """
 
     iterations: np.ndarray
     converged: np.ndarray
     rel_residual: np.ndarray
     spmm_calls: int
+    spmm_columns: int = 0
+    backend: str = "numpy"
+    seconds: dict | None = None
 
 
 def cupy_available() -> bool:
@@ -52,8 +70,6 @@ def cupy_available() -> bool:
 
 
 def _modules(backend: str):
-    if backend == "auto":
-        backend = "cupy" if cupy_available() else "numpy"
     if backend == "numpy":
         return np, sp, backend
     if backend == "cupy":
@@ -63,7 +79,7 @@ def _modules(backend: str):
         except ImportError as e:  # pragma: no cover - depends on the machine
             raise InputError("backend='cupy' needs CuPy (pip install cupy-cuda12x)") from e
         return cupy, csp, backend
-    raise InputError(f"backend must be 'auto', 'numpy' or 'cupy', got {backend!r}")
+    raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def block_cg(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, xp=np, warn: bool = True):
@@ -88,7 +104,7 @@ def block_cg(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, xp=np, warn: b
     thresh = (tol * bnorm) ** 2
     active = xp.asarray(rr > thresh)  # zero columns (b = 0 -> x = 0) converge at once
     iters = np.zeros(K, np.int64)
-    calls = 0
+    calls = cols = 0
     for it in range(maxiter):
         act = np.flatnonzero(_to_numpy(active))
         if act.size == 0:
@@ -112,17 +128,152 @@ def block_cg(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, xp=np, warn: b
         else:
             P[:, ai], R[:, ai], X[:, ai], rr[ai] = Pa, Ra, Xa, rr_new
         iters[act] = it + 1
+        cols += act.size
         active = rr > thresh
     res = _to_numpy(xp.sqrt(rr) / xp.where(bnorm > 0, bnorm, 1.0))
     conv = ~_to_numpy(active)
+    _warn_unconverged(warn, conv, res, maxiter, tol)
+    return X, CGInfo(iterations=iters, converged=conv, rel_residual=res, spmm_calls=calls, spmm_columns=cols,
+                     backend="cupy" if xp is not np else "numpy")
+
+
+def _warn_unconverged(warn: bool, conv: np.ndarray, res: np.ndarray, maxiter: int, tol: float) -> None:
     if warn and not conv.all():
-        warnings.warn(f"block CG: {int((~conv).sum())} of {K} columns did not converge in {maxiter} iterations "
-                      f"(max relative residual {res.max():.2e} > tol {tol:g})", RuntimeWarning, stacklevel=2)
-    return X, CGInfo(iterations=iters, converged=conv, rel_residual=res, spmm_calls=calls)
+        warnings.warn(f"block CG: {int((~conv).sum())} of {conv.size} columns did not converge in {maxiter} "
+                      f"iterations (max relative residual {res.max():.2e} > tol {tol:g})", RuntimeWarning,
+                      stacklevel=3)
+
+
+def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bool = True):
+    """:func:`block_cg` on torch tensors (CPU or CUDA), with the block compacted as columns converge.
+
+    Each iteration is one ``matvec`` on the (N, K_active) block of still-active search directions plus
+    in-place column updates; when columns meet ``||r_c|| <= tol ||b_c||`` their solution is written out
+    and they leave the block, so later SpMMs are narrower. Column c's iterates are those of scalar CG on
+    b_c (same recurrences, per-column alpha / beta); the per-iteration convergence test reads K floats to
+    the host (one small device sync per iteration on CUDA).
+
+    Args:
+        matvec: function (N, k) tensor -> (N, k) tensor applying the SPD operator A.
+        B: (N, K) float tensor of right-hand sides.
+        tol: relative residual tolerance per column; maxiter: maximum iterations.
+
+    Returns:
+        X (N, K) tensor (B's dtype and device), :class:`CGInfo`.
+    """
+    N, K = B.shape
+    Xout = torch_zeros_like(B)
+    bnorm2 = (B * B).sum(0)
+    bnorm2_h = bnorm2.double().cpu().numpy()
+    thresh = (tol * tol) * bnorm2_h
+    rr_final = bnorm2_h.copy()  # per-column final ||r||^2 (zero columns: 0 = converged at once)
+    iters = np.zeros(K, np.int64)
+    act = np.flatnonzero(bnorm2_h > thresh)
+    calls = cols = 0
+    if act.size:
+        sel = None if act.size == K else _index(act, B.device)
+        R = B.clone() if sel is None else B.index_select(1, sel)
+        P = R.clone()
+        X = torch_zeros_like(R)
+        rr = bnorm2.clone() if sel is None else bnorm2.index_select(0, sel)
+        for it in range(maxiter):
+            Q = matvec(P)
+            calls += 1
+            cols += act.size
+            a = rr / (P * Q).sum(0)
+            X.addcmul_(P, a)
+            R.addcmul_(Q, a, value=-1.0)
+            rr_new = (R * R).sum(0)
+            P.mul_(rr_new / rr).add_(R)
+            rr = rr_new
+            iters[act] = it + 1
+            rr_h = rr.double().cpu().numpy()
+            rr_final[act] = rr_h
+            done = rr_h <= thresh[act]
+            if done.any():
+                d = _index(np.flatnonzero(done), B.device)
+                Xout.index_copy_(1, _index(act[done], B.device), X.index_select(1, d))
+                keep = ~done
+                act = act[keep]
+                if act.size == 0:
+                    break
+                k = _index(np.flatnonzero(keep), B.device)
+                X, R, P, rr = X.index_select(1, k), R.index_select(1, k), P.index_select(1, k), rr.index_select(0, k)
+        if act.size:  # not converged within maxiter: return the last iterate
+            Xout.index_copy_(1, _index(act, B.device), X)
+    conv = rr_final <= thresh
+    res = np.sqrt(rr_final) / np.where(bnorm2_h > 0, np.sqrt(bnorm2_h), 1.0)
+    _warn_unconverged(warn, conv, res, maxiter, tol)
+    return Xout, CGInfo(iterations=iters, converged=conv, rel_residual=res, spmm_calls=calls, spmm_columns=cols,
+                        backend=f"torch:{B.device.type}")
+
+
+def torch_zeros_like(t):
+    import torch
+
+    return torch.zeros_like(t, memory_format=torch.contiguous_format)
+
+
+def _index(a: np.ndarray, device):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
 
 
 def _to_numpy(a) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def rcm_permutation(S: sp.spmatrix) -> np.ndarray:
+    """Reverse Cuthill-McKee order of a symmetric sparse matrix: (N,) int permutation ``p`` such that
+    ``S[p][:, p]`` has a narrow band (neighbours close in memory, so the SpMM's gathers hit the cache)."""
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    return np.asarray(reverse_cuthill_mckee(sp.csr_matrix(S), symmetric_mode=True), dtype=np.int64)
+
+
+def permute_symmetric(S: sp.csr_matrix, perm: np.ndarray) -> sp.csr_matrix:
+    """``S[perm][:, perm]`` for a CSR matrix, by one gather of its entries (faster than SciPy's fancy
+    indexing at 10^7 entries). Rows keep their entries' order (column indices need not be sorted)."""
+    S = sp.csr_matrix(S)
+    n = S.shape[0]
+    perm = np.asarray(perm, dtype=np.int64)
+    inv = np.empty(n, np.int64)
+    inv[perm] = np.arange(n)
+    lens = np.diff(S.indptr)[perm]
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(lens, out=indptr[1:])
+    pos = np.arange(indptr[-1], dtype=np.int64) + np.repeat(S.indptr[perm].astype(np.int64) - indptr[:-1], lens)
+    idx_dtype = np.int32 if n < 2**31 and indptr[-1] < 2**31 else np.int64
+    indices = inv.astype(idx_dtype)[S.indices[pos]]
+    return sp.csr_matrix((S.data[pos], indices, indptr.astype(idx_dtype)), shape=S.shape)
+
+
+def torch_csr(S: sp.spmatrix, device=None, dtype=None):
+    """A scipy sparse matrix as a torch CSR tensor (float32 and int32 indices by default: MKL's fast path).
+
+    Args:
+        S: (N, M) scipy sparse matrix.
+        device: torch device (default CPU).
+        dtype: torch value dtype (default float32).
+    """
+    import torch
+
+    S = sp.csr_matrix(S)
+    it = np.int32 if max(S.shape[0], S.nnz) < 2**31 else np.int64
+    dtype = dtype or torch.float32
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" and the invariant-check notice
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(S.indptr.astype(it)), torch.from_numpy(S.indices.astype(it)),
+                                       torch.from_numpy(S.data).to(dtype), size=S.shape, device=device)
+
+
+def _torch_device(device):
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def propagate(
@@ -134,29 +285,73 @@ def propagate(
     maxiter: int = 200,
     backend: str = "auto",
     clip_negative: bool = True,
-    dtype: type = np.float64,
+    dtype: type | None = None,
+    device: str | None = None,
+    reorder: str | None = "auto",
 ) -> tuple[np.ndarray, CGInfo]:
-    """Solve Eq. 1 ``(I - alpha S) P* = P^c`` for all K columns with :func:`block_cg`.
+    """Solve Eq. 1 ``(I - alpha S) P* = P^c`` for all K columns at once.
 
     Args:
         S: (N, N) symmetric normalised affinity (scipy sparse; zero diagonal).
         Pc: (N, K) soft labels.
         alpha: propagation magnitude in [0, 1).
-        tol, maxiter: CG settings (reference: 1e-6, 200).
-        backend: "auto" | "numpy" | "cupy".
+        tol, maxiter: CG settings per column (reference: 1e-6, 200).
+        backend: "auto" (= "torch") | "torch" | "numpy" (float64 SciPy, the reference arithmetic) | "cupy".
         clip_negative: clip negatives of P* to 0 (reference).
-        dtype: computation dtype.
+        dtype: computation dtype (default float32 for torch, float64 for numpy / cupy).
+        device: torch backend: "cpu", "cuda", "cuda:1", ... (default: CUDA when available).
+        reorder: torch backend: "rcm" (reverse Cuthill-McKee, then un-permuted), None, or "auto"
+            (RCM on the CPU, none on CUDA).
 
     Returns:
         P* (N, K) float32 NumPy array, :class:`CGInfo`.
     """
+    import time
+
     if not 0.0 <= alpha < 1.0:
         raise InputError(f"alpha must be in [0, 1), got {alpha}")
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     Pc = np.asarray(Pc)
     if Pc.ndim != 2 or Pc.shape[0] != S.shape[0] or S.shape[0] != S.shape[1]:
         raise InputError(f"Pc {Pc.shape} must be (N, K) with N = {S.shape[0]} rows of the graph")
+    if reorder not in ("auto", "rcm", None):
+        raise InputError(f"reorder must be 'auto', 'rcm' or None, got {reorder!r}")
     check_finite(Pc, "Pc")
+    t0 = time.perf_counter()
+    if backend in ("auto", "torch"):
+        import torch
+
+        dev = _torch_device(device)
+        tdtype = {None: torch.float32, np.float32: torch.float32, np.float64: torch.float64}.get(dtype)
+        if tdtype is None:
+            raise InputError(f"dtype must be float32 or float64, got {dtype!r}")
+        S = sp.csr_matrix(S)
+        perm = None
+        if reorder == "rcm" or (reorder == "auto" and dev.type == "cpu" and S.shape[0] > 4096):
+            perm = rcm_permutation(S)
+            S = permute_symmetric(S, perm)
+            Pc = Pc[perm]
+        St = torch_csr(S, dev, tdtype)
+        B = torch.from_numpy(np.ascontiguousarray(Pc)).to(device=dev, dtype=tdtype)
+        t1 = time.perf_counter()
+
+        def tmatvec(V):
+            return torch.addmm(V, St, V, alpha=-alpha)  # V - alpha S V, one SpMM
+
+        with torch.inference_mode():
+            Xt, info = block_cg_torch(tmatvec, B, tol=tol, maxiter=maxiter)
+            if clip_negative:
+                Xt.clamp_(min=0.0)
+            X = Xt.cpu().numpy()
+        if perm is not None:
+            out = np.empty_like(X)
+            out[perm] = X
+            X = out
+        info.seconds = {"prepare": t1 - t0, "solve": time.perf_counter() - t1}
+        return X.astype(np.float32, copy=False), info
     xp, xsp, name = _modules(backend)
+    dtype = dtype or np.float64
     S = S.tocsr().astype(dtype, copy=False)
     if name == "cupy":
         Sd = xsp.csr_matrix(S)
@@ -168,8 +363,10 @@ def propagate(
     def matvec(V):
         return V - alpha * (Sd @ V)
 
+    t1 = time.perf_counter()
     X, info = block_cg(matvec, B, tol=tol, maxiter=maxiter, xp=xp)
     X = _to_numpy(X)
     if clip_negative:
         X = np.maximum(X, 0.0)
+    info.seconds = {"prepare": t1 - t0, "solve": time.perf_counter() - t1}
     return X.astype(np.float32), info
