@@ -150,10 +150,9 @@ def write_label_png(path: str | os.PathLike, label: np.ndarray, palette: np.ndar
     full = np.zeros((256, 3), np.uint8)
     full[: min(256, len(pal))] = pal[:256]
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(lab, mode="P")
     im.putpalette(full.reshape(-1).tolist())
-    im.save(p)
+    _atomic_pil_save(im, p)
     return p
 
 
@@ -163,9 +162,19 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
 
     img = check_image(image)
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img).save(p)
+    _atomic_pil_save(Image.fromarray(img), p)
     return p
+
+
+def _atomic_pil_save(im: Image.Image, p: Path) -> None:
+    """``im.save(p)`` through :func:`tusss.persist.atomic_write` (same bytes; never a half-written file)."""
+    from tusss.persist import atomic_write
+
+    fmt = Image.registered_extensions().get(p.suffix.lower())
+    if fmt is None:
+        raise InputError(f"cannot write image {str(p)!r}: unknown image file extension {p.suffix!r}")
+    with atomic_write(p, "wb") as f:
+        im.save(f, format=fmt)
 
 
 def overlay(

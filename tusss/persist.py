@@ -42,6 +42,7 @@ from tusss.errors import CorruptFileError, TusssError
 __all__ = [
     "TMP_SUFFIX",
     "FAILURES",
+    "DiskFullError",
     "FailureLog",
     "ItemFailedError",
     "atomic_directory",
@@ -90,6 +91,10 @@ def _describe(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- writing
+class DiskFullError(TusssError, OSError):
+    """The disk (or quota) filled up while writing an artifact; the previous complete file is intact."""
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """``fsync`` a directory so that a rename inside it survives a power cut (no-op where unsupported)."""
     try:
@@ -129,9 +134,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if is_enospc(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(e.errno, f"no space left on the device while writing {p} ({e.strerror}); its "
+                                "previous complete version is intact: free some space and re-run the command",
+                                os.fspath(p)) from e
         raise
     fsync_dir(p.parent)
 
@@ -453,6 +462,20 @@ class FailureLog:
         if self.fail_fast:
             raise ItemFailedError(f"{self.command}: item {item_id!r} failed ({msg}); stopped by --fail-fast "
                                   f"(failures recorded in {self.path})")
+
+    def attempt(self, item_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """Run ``fn(*args, **kwargs)`` for one item: ``(True, result)``, or ``(False, None)`` after recording the
+        exception as the item's failure. A full disk (:class:`DiskFullError`), ``--fail-fast`` and
+        ``KeyboardInterrupt`` still stop the command."""
+        try:
+            return True, fn(*args, **kwargs)
+        except (DiskFullError, ItemFailedError, MemoryError):
+            raise
+        except Exception as e:
+            if is_enospc(e):
+                raise
+            self.record(item_id, e if isinstance(e, TusssError) else f"{type(e).__name__}: {one_line(e)}")
+            return False, None
 
     def _write(self) -> None:
         lines = "".join(json.dumps({"id": i, "reason": r, "command": self.command}) + "\n"

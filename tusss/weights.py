@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -97,18 +96,14 @@ def resolve_checkpoint(
     err = None
     if url and not offline:
         try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".part") as tmp:
-                with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 (official URL)
-                    shutil.copyfileobj(r, tmp)
-            os.replace(tmp.name, target)
+            from tusss.persist import atomic_write
+
+            # atomic (tusss.persist): a download cut off, killed or out of disk space leaves no file at target
+            with atomic_write(target, "wb") as tmp, urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310
+                shutil.copyfileobj(r, tmp)
             return target
         except Exception as e:  # network down, 403, disk full ...
             err = e
-            try:
-                os.unlink(tmp.name)  # type: ignore[possibly-undefined]
-            except Exception:
-                pass
     raise WeightsNotFoundError(
         f"{what} '{filename}' is not available: not found in {cache_dir}"
         + (f" and the download from {url} failed ({err})" if err else "")

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tusss", description="Tuning-free universally-supervised semantic "
                                      "segmentation: SAM masks + DBA-CLIP + GLCC.")  # fmt: skip
     parser.add_argument("--version", action="version", version=f"tusss {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (may be given anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -50,11 +52,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tusss`` command; returns the exit status (1 on a tusss error, 2 on bad usage)."""
+    """Entry point of the ``tusss`` command; returns the exit status.
+
+    0: success; 1: a tusss error (bad input, damaged file, full disk, bad items skipped) reported on one line
+    of stderr; 2: bad usage (argparse) or an unexpected internal error (one line, the traceback only with
+    ``--debug`` (anywhere on the command line) or ``TUSSS_DEBUG=1``); 130: interrupted (Ctrl-C).
+    """
+    import os
+
+    from tusss.persist import one_line
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("TUSSS_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except TusssError as e:
-        print(f"tusss {args.command}: error: {e}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"tusss {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"tusss {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"tusss {args.command}: internal error: {type(e).__name__}: {one_line(e)} "
+              "(re-run with --debug for the traceback)", file=sys.stderr)
+        return 2
