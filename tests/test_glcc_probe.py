@@ -75,3 +75,73 @@ def test_bad_inputs():
         train_probe(np.ones((4, 3), np.float32), -np.ones((4, 2)), None)
     with pytest.raises(InputError):
         train_probe(np.ones((4, 3), np.float32), np.ones((4, 2)), np.ones(3))
+
+
+def _naive_two_stream_epoch(lab: np.ndarray, g: torch.Generator) -> list[int]:
+    """The reference's SemiBalanceSampler semantics written out: a random order of the unlabelled rows and
+    one of the labelled rows (repeated in new random orders to the same length), interleaved u, l, u, l."""
+    ui = [int(i) for i in np.flatnonzero(~lab)]
+    li = [int(i) for i in np.flatnonzero(lab)]
+    n = max(len(ui), len(li))
+    streams = []
+    for idx in (ui, li):
+        s: list[int] = []
+        while len(s) < n:
+            s += [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        streams.append(s[:n])
+    out = []
+    for a, b in zip(*streams):
+        out += [a, b]
+    return out
+
+
+def test_semi_balance_order_interleaves_and_repeats_labelled():
+    lab = np.zeros(11, bool)
+    lab[[2, 7, 9]] = True  # 3 labelled, 8 unlabelled
+    from tusss.glcc.probe import semi_balance_order
+
+    order = semi_balance_order(lab, torch.Generator().manual_seed(5)).tolist()
+    assert order == _naive_two_stream_epoch(lab, torch.Generator().manual_seed(5))
+    assert len(order) == 16
+    assert all(lab[i] for i in order[1::2]) and not any(lab[i] for i in order[0::2])
+    assert sorted(order[0::2]) == np.flatnonzero(~lab).tolist()  # every unlabelled row once per epoch
+    assert sorted(order[1:6:2]) == [2, 7, 9]  # labelled rows repeated as whole permutations
+
+
+def test_semi_balance_sampler_trains_on_the_two_stream_batches():
+    """Two iterations with the semi_balance sampler equal a hand-written loop over the two-stream order."""
+    rng = np.random.default_rng(3)
+    N, D, K, bs = 10, 6, 3, 4
+    X = rng.normal(size=(N, D)).astype(np.float32)
+    T = np.eye(K, dtype=np.float32)[rng.integers(0, K, N)]
+    A = rng.integers(1, 30, N).astype(np.float32)
+    lab = np.zeros(N, bool)
+    lab[[0, 4]] = True
+    cfg = ProbeConfig(iters=2, warmup_iters=0, batch_size=bs, seed=11, sampler="semi_balance")
+    probe = train_probe(X, T, A, cfg, device="cpu", labeled=lab)
+
+    g = torch.Generator().manual_seed(11)
+    b = 1 / np.sqrt(D)
+    W = (torch.rand(K, D, generator=g) * 2 * b - b).requires_grad_(True)
+    opt = torch.optim.SGD([W], lr=cfg.lr, momentum=0.9)
+    order = _naive_two_stream_epoch(lab, g)
+    Xn = torch.nn.functional.normalize(torch.from_numpy(X), dim=1)
+    for it in range(2):
+        idx = torch.tensor(order[it * bs:(it + 1) * bs])
+        for group in opt.param_groups:
+            group["lr"] = 0.5 * cfg.lr * (1 + np.cos(np.pi * it / 2))
+        logits = 100 * Xn[idx] @ torch.nn.functional.normalize(W, dim=1).T
+        ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(T)[idx], reduction="none")
+        a = torch.from_numpy(A)[idx]
+        loss = (a / (a.sum() + 1e-3) * ce).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    np.testing.assert_allclose(probe.weight.numpy(), W.detach().numpy(), rtol=1e-5, atol=1e-7)
+    # the random sampler draws other batches: a different probe
+    rnd = train_probe(X, T, A, ProbeConfig(iters=2, warmup_iters=0, batch_size=bs, seed=11), device="cpu")
+    assert not np.allclose(rnd.weight.numpy(), probe.weight.numpy())
+    with pytest.raises(InputError, match="labeled"):
+        train_probe(X, T, A, cfg, device="cpu")
+    with pytest.raises(InputError, match="sampler"):
+        ProbeConfig(sampler="two-stream")

@@ -14,8 +14,10 @@ All tables are over the N training masks stacked image by image (``offsets``: ro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from tusss.validate import check_finite
 __all__ = [
     "Supervision", "group_offsets", "full_supervision", "semi_supervision", "weak_supervision",
     "bg_fg_balance", "semi_balance", "prob2soft_label", "class_sets_to_mask",
+    "FullSupervision", "SemiSupervision", "WeakSupervision", "SupervisionSpec", "make_supervision_spec",
 ]
 
 KINDS = ("full", "semi", "weak")
@@ -250,3 +253,114 @@ def weak_supervision(
                    bg_method=bg_method or BgMethod("pow", pow=1.0))
     N = z.shape[0]
     return Supervision("weak", r.scores, np.asarray(offsets, np.int64), sets, np.zeros(N, bool), None, True)
+
+
+# ---------------------------------------------------------------------------------------------- typed specs
+@dataclass
+class FullSupervision:
+    """Full supervision for :meth:`tusss.glcc.model.GLCC.fit`.
+
+    Attributes:
+        gt_fractions: (N, K) float GT class fractions of every training mask.
+        has_bg: class 0 is background.
+    """
+
+    gt_fractions: np.ndarray
+    has_bg: bool = True
+
+    kind = "full"
+
+    def build(self, offsets: np.ndarray, num_classes: int | None = None) -> Supervision:
+        """The :class:`Supervision` tables over the images ``offsets`` ((I + 1,) int64)."""
+        return full_supervision(self.gt_fractions, offsets, has_bg=self.has_bg)
+
+
+@dataclass
+class SemiSupervision:
+    """Semi supervision (see :func:`semi_supervision`).
+
+    Attributes:
+        gt_fractions: (N, K) float GT fractions (only the labelled images' rows are read).
+        labeled_images: (I,) bool, which images are labelled.
+        zero_shot_scores: (N, K) float scores for the unlabelled rows (COCO "ov启"), None for zeros (VOC "01启").
+        balance: ``bg_fg_balance`` ('eq' or None).
+        balance_semi: labelled / unlabelled mass balancing (None: True iff zero-shot scores are given).
+        has_bg: class 0 is background.
+    """
+
+    gt_fractions: np.ndarray
+    labeled_images: np.ndarray
+    zero_shot_scores: np.ndarray | None = None
+    balance: str | None = "eq"
+    balance_semi: bool | None = None
+    has_bg: bool = True
+
+    kind = "semi"
+
+    def build(self, offsets: np.ndarray, num_classes: int | None = None) -> Supervision:
+        return semi_supervision(self.gt_fractions, self.labeled_images, offsets,
+                                zero_shot_scores=self.zero_shot_scores, balance=self.balance,
+                                balance_semi=self.balance_semi, has_bg=self.has_bg)
+
+
+@dataclass
+class WeakSupervision:
+    """Weak (image-level) supervision (see :func:`weak_supervision`).
+
+    Attributes:
+        zero_shot_logits: (N, C) float 100·cos logits over the fg names then the dustbin background names.
+        image_labels: per image, its fg classes (fg indices 0..K-2) -- the classes of the image's **ground
+            truth** (:meth:`tusss.data.datasets.SegDataset.image_classes` with ``fg_index=True``), not the
+            classes that some mask happens to cover.
+        num_classes: K (background included); None -> the GLCC's class names.
+        fg_method / bg_method: the zero-shot scoring (default: reference §5 WSSS setting).
+        variant: "reference" | "paper".
+    """
+
+    zero_shot_logits: np.ndarray
+    image_labels: Sequence[Sequence[int] | np.ndarray]
+    num_classes: int | None = None
+    fg_method: FgMethod | None = None
+    bg_method: BgMethod | None = None
+    variant: str = "reference"
+
+    kind = "weak"
+
+    def build(self, offsets: np.ndarray, num_classes: int | None = None) -> Supervision:
+        K = self.num_classes if self.num_classes is not None else num_classes
+        if K is None:
+            raise InputError("weak supervision needs num_classes (or GLCC class_names)")
+        fg = FgMethod.from_dict(self.fg_method) if self.fg_method is not None else None
+        bg = BgMethod.from_dict(self.bg_method) if self.bg_method is not None else None
+        return weak_supervision(self.zero_shot_logits, self.image_labels, offsets, int(K), fg_method=fg,
+                                bg_method=bg, variant=self.variant)
+
+
+SupervisionSpec = FullSupervision | SemiSupervision | WeakSupervision
+_SPECS: dict[str, type] = {"full": FullSupervision, "semi": SemiSupervision, "weak": WeakSupervision}
+_ALIASES = {"weak_variant": "variant"}  # the keyword GLCC.fit(**kw) accepted before the typed specs
+
+
+def make_supervision_spec(kind: str, kw: Mapping[str, Any]) -> SupervisionSpec:
+    """``kind`` + keyword arguments -> the typed spec. Unknown or misspelled keywords are refused with an
+    :class:`InputError` that names them and lists the keywords this kind takes (no keyword is silently
+    ignored); a missing required one is named too."""
+    if kind not in _SPECS:
+        raise InputError(f"supervision must be one of {sorted(_SPECS)} or a supervision object, got {kind!r}")
+    cls = _SPECS[kind]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kw = {_ALIASES.get(k, k): v for k, v in kw.items()}
+    unknown = sorted(set(kw) - set(fields))
+    if unknown:
+        import difflib
+
+        hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, fields, 1)) else repr(u)
+                 for u in unknown]
+        raise InputError(f"{kind} supervision got unknown keyword(s) {', '.join(hints)}; it takes "
+                         f"{sorted(fields)}")
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    for n in required:
+        if kw.get(n) is None:
+            raise InputError(f"{kind} supervision needs {n}=")
+    return cls(**kw)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tusss.data.classes import CITYSCAPES_CLASSES, COCO_OBJECT_CLASSES, COCO_STUFF_CLASSES, VOC_CLASSES
 from tusss.errors import InputError
 
 # CLIP-ES new_class_names (VOC, 20 fg names with synonyms)
@@ -36,10 +37,6 @@ COCO_BG_NAMES: tuple[str, ...] = (
     "railway", "railroad", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street",
     "valley", "bridge",
 )
-VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
 # SCLIP cls_coco_object.txt lines 2..81 (line 1 is SCLIP's own background line, replaced by COCO_BG_NAMES)
 COCO_OBJECT_SCLIP_NAMES: tuple[str, ...] = (
     "person, person in shirt, person in jeans, person in dress, person in sweater, person in skirt, "
@@ -54,7 +51,6 @@ COCO_OBJECT_SCLIP_NAMES: tuple[str, ...] = (
     "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
     "scissors", "teddy bear", "hair drier", "toothbrush",
 )
-COCO_OBJECT_CLASSES: tuple[str, ...] = ("background", "person", *COCO_OBJECT_SCLIP_NAMES[1:])
 # SCLIP cls_coco_stuff.txt (171 names)
 COCO_STUFF_SCLIP_NAMES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "trafficlight",
@@ -80,10 +76,6 @@ COCO_STUFF_SCLIP_NAMES: tuple[str, ...] = (
 # SCLIP cls_city_scapes.txt (19 names, as written there)
 CITYSCAPES_SCLIP_NAMES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "trafficlight", "trafficsign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)
-CITYSCAPES_CLASSES: tuple[str, ...] = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )
 
@@ -145,8 +137,13 @@ VOCABULARIES: dict[str, Vocabulary] = {
                         VOC_CLASSES, tuple(range(21)), 0),
     "voc20": _plain("voc20", VOC_CLIP_ES_NAMES, VOC_CLASSES[1:], "origami", bg_pixels_ignored=True),
     "coco-object": _dustbin("coco-object", COCO_OBJECT_SCLIP_NAMES, COCO_BG_NAMES, COCO_OBJECT_CLASSES, "vild"),
-    "coco-stuff": _plain("coco-stuff", COCO_STUFF_SCLIP_NAMES, COCO_STUFF_SCLIP_NAMES, "vild"),
-    "cityscapes": _plain("cityscapes", CITYSCAPES_SCLIP_NAMES, CITYSCAPES_CLASSES, "vild"),
+    "coco-stuff": _plain("coco-stuff", COCO_STUFF_SCLIP_NAMES, COCO_STUFF_CLASSES, "vild"),
+    # the authors' cs_names.ori_names (with spaces: 'traffic light', 'traffic sign'); SCLIP's spelling below
+    "cityscapes": _plain("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_CLASSES, "vild"),
+    "cityscapes-sclip": _plain("cityscapes-sclip", CITYSCAPES_SCLIP_NAMES, CITYSCAPES_CLASSES, "vild"),
+    # VOC21 open vocabulary, DBA-tree val_ov variant: the 20 fg names only (no dustbins, no 'background'
+    # word); the background score is derived, bg = (1 - max_c s_c) ** p ("pow")
+    "voc21-pow": _dustbin("voc21-pow", VOC_CLIP_ES_NAMES, (), VOC_CLASSES, "origami"),
 }
 
 

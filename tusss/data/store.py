@@ -83,7 +83,7 @@ class StoreWriter:
     Args:
         root: store directory (created).
         dim: embedding dimension D.
-        dtype: "float16" or "float32" on disk.
+        dtype: "float32" (default: the authors store float32 embeddings, reference §8) or "float16" on disk.
         num_classes: K of the GT fractions (None: no GT in this split).
         shard_size: rows per shard (a shard is closed at the first image boundary past this).
         meta: free-form JSON-able info recorded in the index (model, preset, mask config hash...).
@@ -92,7 +92,7 @@ class StoreWriter:
     unfinished shard were never visible and must be added again (see :meth:`done`).
     """
 
-    def __init__(self, root: str | os.PathLike, dim: int, *, dtype: str = "float16", num_classes: int | None = None,
+    def __init__(self, root: str | os.PathLike, dim: int, *, dtype: str = "float32", num_classes: int | None = None,
                  shard_size: int = 65536, meta: dict | None = None) -> None:
         if dtype not in ("float16", "float32"):
             raise InputError(f"store dtype must be 'float16' or 'float32', got {dtype!r}")

@@ -7,6 +7,11 @@ drop_last, LinearLR warm-up from 1e-5 then cosine annealing to 0, fp32.
 
 The embeddings stay resident as one tensor and batches are index gathers (no per-item Python Dataset).
 
+Sampling: ``sampler="random"`` (the reference's random sampler, "单流") or ``"semi_balance"`` (the
+reference's two-stream ``SemiBalanceSampler`` of the COCO-Object semi probe, "双流"): each epoch interleaves
+one unlabelled and one labelled mask index, ``u0 l0 u1 l1 ...``, both streams in a fresh random order, the
+shorter (normally the labelled one) repeated in new random orders until it matches the longer.
+
 Iterations: the reference trains 60k-720k iterations (VOC base 60k / iter_factor, COCO-Obj 180k / factor,
 grid-searched). The default here, 10,000 iterations with a 1,000-iteration warm-up (the reference's 10 %
 ratio), is a CPU-friendly budget (~15 epochs over VOC's 325k masks); set ``iters`` to the reference's
@@ -24,7 +29,9 @@ import torch
 from tusss.errors import InputError
 from tusss.validate import check_finite
 
-__all__ = ["ProbeConfig", "LinearProbe", "train_probe"]
+__all__ = ["ProbeConfig", "LinearProbe", "train_probe", "semi_balance_order", "SAMPLERS"]
+
+SAMPLERS = ("random", "semi_balance")
 
 
 @dataclass
@@ -41,6 +48,14 @@ class ProbeConfig:
     scale: float = 100.0
     seed: int = 0
     cpu_threads: int | None = 1  # torch threads while training on CPU (tiny matmuls: 1 avoids spin-waits)
+    sampler: str = "random"  # "random" | "semi_balance" (module docstring)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"probe sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.iters < 0 or (self.warmup_iters is not None and not 0 <= self.warmup_iters <= max(self.iters, 0)):
+            raise InputError(f"probe iters ({self.iters}) must be >= 0 and warmup_iters ({self.warmup_iters}) "
+                             "in [0, iters]")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +113,7 @@ def train_probe(
     device: str | None = None,
     sample_weight: np.ndarray | None = None,
     progress: bool = False,
+    labeled: np.ndarray | None = None,
 ) -> LinearProbe:
     """Train the cosine linear probe.
 
@@ -108,6 +124,8 @@ def train_probe(
         areas: (N,) mask areas for the area weighting (None -> equal weights).
         cfg: :class:`ProbeConfig`.
         device: torch device (default CUDA when available).
+        labeled: (N,) bool, which rows are labelled: needed by ``cfg.sampler == "semi_balance"`` (ignored by
+            the random sampler).
 
     Returns:
         :class:`LinearProbe` on CPU.
@@ -133,6 +151,15 @@ def train_probe(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     Xt, T, A = Xt.to(dev), T.to(dev), A.to(dev)
     Xn = torch.nn.functional.normalize(Xt, dim=1)
+    lab = None
+    if cfg.sampler == "semi_balance":
+        if labeled is None:
+            raise InputError("the semi_balance sampler needs labeled= (which rows are labelled)")
+        lab = np.asarray(labeled, bool)
+        if lab.shape != (N,):
+            raise InputError(f"labeled must be ({N},) bool, got {lab.shape}")
+        if lab.all() or not lab.any():
+            raise InputError("the semi_balance sampler needs both labelled and unlabelled rows")
 
     g = torch.Generator().manual_seed(cfg.seed)
     bound = 1.0 / math.sqrt(D)  # nn.Linear's default init (kaiming_uniform a=sqrt(5)), seeded generator
@@ -145,13 +172,31 @@ def train_probe(
     if dev.type == "cpu" and cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     try:
-        return _train_loop(Xn, T, A, W, opt, g, cfg, warm, bs, n_batches, N, dev, progress)
+        return _train_loop(Xn, T, A, W, opt, g, cfg, warm, bs, n_batches, N, dev, progress, lab)
     finally:
         torch.set_num_threads(old_threads)
 
 
+def semi_balance_order(labeled: np.ndarray, g: torch.Generator) -> torch.Tensor:
+    """One epoch of the two-stream sampler: (2 n,) int64 indices ``u0 l0 u1 l1 ...`` with n = max(U, L);
+    each stream is a random permutation of its rows (from ``g``), the shorter one continued by further
+    random permutations of itself and cut at n."""
+    lab = np.asarray(labeled, bool)
+    li, ui = torch.from_numpy(np.flatnonzero(lab)), torch.from_numpy(np.flatnonzero(~lab))
+    n = max(len(li), len(ui))
+
+    def stream(idx: torch.Tensor) -> torch.Tensor:
+        reps = -(-n // len(idx))
+        return torch.cat([idx[torch.randperm(len(idx), generator=g)] for _ in range(reps)])[:n]
+
+    u, lb = stream(ui), stream(li)
+    return torch.stack([u, lb], 1).reshape(-1)
+
+
 def _train_loop(Xn, T, A, W, opt, g, cfg: ProbeConfig, warm: int, bs: int, n_batches: int, N: int, dev,
-                progress: bool) -> LinearProbe:
+                progress: bool, labeled: np.ndarray | None = None) -> LinearProbe:
+    if labeled is not None:  # two-stream epochs are 2 max(U, L) long
+        n_batches = (2 * max(int(labeled.sum()), int((~labeled).sum()))) // bs
     it = 0
     perm = None
     pos = n_batches
@@ -162,7 +207,7 @@ def _train_loop(Xn, T, A, W, opt, g, cfg: ProbeConfig, warm: int, bs: int, n_bat
         bar = tqdm(total=cfg.iters, desc="linear probe", unit="it")
     while it < cfg.iters:
         if pos >= n_batches:
-            perm = torch.randperm(N, generator=g).to(dev)
+            perm = (torch.randperm(N, generator=g) if labeled is None else semi_balance_order(labeled, g)).to(dev)
             pos = 0
         idx = perm[pos * bs:(pos + 1) * bs]
         pos += 1
