@@ -204,3 +204,20 @@ def test_read_image_16bit(tmp_path):
     a = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(np.uint16)
     Image.fromarray(a).save(tmp_path / "d.png")
     np.testing.assert_array_equal(read_image(tmp_path / "d.png")[..., 0], (a // 257).astype(np.uint8))
+
+
+def test_vocabularies_and_datasets_share_one_class_table():
+    # every text vocabulary labels its columns with the class names of the dataset it is evaluated on
+    from tusss.clip.vocabularies import get_vocabulary
+    from tusss.data.datasets import DATASETS
+
+    pairs = {"voc": "voc", "voc21": "voc", "voc20": "voc20", "coco-object": "coco_object",
+             "coco-stuff": "coco_stuff", "cityscapes": "cityscapes"}  # fmt: skip
+    for vname, dname in pairs.items():
+        v, ds_cls = get_vocabulary(vname), DATASETS[dname]
+        assert v.class_names == tuple(ds_cls.class_names), (vname, dname)
+        assert v.num_classes == len(ds_cls.class_names)
+    # display names, not prompt spellings (independent spot checks of the published class lists)
+    assert get_vocabulary("coco-stuff").class_names[9] == "traffic light"
+    assert DATASETS["coco_stuff"].class_names[80:83] == ("banner", "blanket", "branch")
+    assert DATASETS["cityscapes"].class_names[6:8] == ("traffic light", "traffic sign")
