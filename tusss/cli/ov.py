@@ -39,7 +39,9 @@ from tusss.cli.common import (
     build_generator,
     progress,
 )
-from tusss.errors import CorruptFileError, InputError, TusssError
+from tusss.cli.faults import add_fault_args
+from tusss.errors import CorruptFileError, InputError
+from tusss.persist import FailureLog, atomic_write_text, fault_point, remove_stale_temps
 
 __all__ = ["register"]
 
@@ -47,11 +49,12 @@ __all__ = ["register"]
 # ---------------------------------------------------------------------------------------------- masks
 def cmd_masks(args: argparse.Namespace) -> int:
     from tusss.masks.cache import MaskCache, cache_masks, check_manifest, write_manifest
-
     src = ImageSource(args)
     gen = build_generator(args)
     cache = MaskCache.for_generator(args.cache_dir, gen, overwrite=args.overwrite)
     check_manifest(args.cache_dir, gen, args.overwrite)
+    remove_stale_temps(args.cache_dir)  # hidden leftovers of a killed run
+    log = FailureLog(args.cache_dir, "masks", fail_fast=args.fail_fast)
 
     def loader(i: str):
         def load() -> np.ndarray:
@@ -65,10 +68,11 @@ def cmd_masks(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # failures are listed below
         warnings.filterwarnings("ignore", message="cache_masks: ")
         res = cache_masks(gen, [(i, loader(i)) for i in src.ids], cache, progress=not args.no_progress,
-                          on_error="collect" if args.keep_going else "raise")  # fmt: skip
+                          on_error="collect", on_failure=log.record)  # fmt: skip
     write_manifest(args.cache_dir, gen)
+    log.close()
     print(f"masks: {len(res['generated'])} generated, {len(res['skipped'])} already cached, "
-          f"{len(res['failed'])} failed -> {args.cache_dir}")  # fmt: skip
+          f"{len(res['failed'])} failed -> {args.cache_dir}{log.summary()}")  # fmt: skip
     for i, msg in res["failed"].items():
         print(f"  failed {i}: {msg}", file=sys.stderr)
     return 1 if res["failed"] else 0
@@ -110,22 +114,26 @@ def cmd_segment(args: argparse.Namespace) -> int:
         cache = MaskCache.for_generator(args.mask_cache, gen)
         check_manifest(args.mask_cache, gen)
     n_done = n_skip = 0
-    failed: dict[str, str] = {}
+    remove_stale_temps(out)  # hidden leftovers of a killed run
+    log = FailureLog(out, "segment", fail_fast=args.fail_fast)
+    failed = log.failures
+    fault_point("segment")  # test hook (TUSSS_FAULT_KILL_AFTER)
     for i in progress(src.ids, len(src.ids), "segment", not args.no_progress):
         if args.skip_existing and _outputs(out, i)[0].is_file() and _outputs(out, i)[2].is_file():
             n_skip += 1
             continue
-        try:  # one unreadable / unusable image never stops the batch
-            _segment_one(args, src, i, seg, gen, cache, out)
-        except TusssError as e:
-            failed[i] = str(e)
-            print(f"segment: skipped {i}: {e}", file=sys.stderr)
+        # one unreadable / unusable image never stops the batch: recorded in OUT/failures.jsonl
+        ok, _ = log.attempt(i, _segment_one, args, src, i, seg, gen, cache, out)
+        if not ok:
+            print(f"segment: skipped {i}: {failed[i]}", file=sys.stderr)
             continue
         n_done += 1
+        fault_point("segment")
     if cache is not None:
         write_manifest(args.mask_cache, gen)
+    log.close()
     tail = f", {len(failed)} failed" if failed else ""
-    print(f"segment: {n_done} image(s) written, {n_skip} skipped{tail} -> {out}")
+    print(f"segment: {n_done} image(s) written, {n_skip} skipped{tail} -> {out}{log.summary()}")
     if failed:
         print(f"segment: {len(failed)} image(s) failed:", file=sys.stderr)
         for i, msg in failed.items():
@@ -160,10 +168,10 @@ def _segment_one(args: argparse.Namespace, src: ImageSource, i: str, seg: Any, g
           "templates": seg.class_set.templates if isinstance(seg.class_set.templates, str)
           else list(seg.class_set.templates), "bg_mode": seg.class_set.bg_mode, "fill": seg.fill,
           "mask_config_hash": gen.config_hash, **js}  # fmt: skip
+    # each file atomic; the JSON last (--skip-existing takes an image with label PNG + JSON as done)
     write_label_png(lab_p, res.label_map)
     write_image(ov_p, overlay(image, res.label_map, alpha=args.overlay_alpha))
-    js_p.parent.mkdir(parents=True, exist_ok=True)
-    js_p.write_text(json.dumps(js))
+    atomic_write_text(js_p, json.dumps(js))
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -202,7 +210,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_sam_args(p)
     p.add_argument("--cache-dir", required=True, help="mask cache folder")
     p.add_argument("--overwrite", action="store_true", help="replace masks cached with another configuration")
-    p.add_argument("--keep-going", action="store_true", help="skip unreadable images instead of stopping")
+    p.add_argument("--keep-going", action="store_true",
+                   help="skip unreadable images (the default; kept for compatibility)")
+    add_fault_args(p)
     add_common(p)
     p.set_defaults(func=cmd_masks)
 
@@ -228,6 +238,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overlay-alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     p.add_argument("--no-scores", action="store_true", help="leave per-class scores out of the JSON")
     p.add_argument("--skip-existing", action="store_true", help="skip images whose outputs exist")
+    add_fault_args(p)
     add_common(p)
     p.set_defaults(func=cmd_segment)
 

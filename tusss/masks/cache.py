@@ -223,8 +223,13 @@ def cache_masks(
     cache: MaskCache,
     progress: bool = True,
     on_error: str = "raise",
+    on_failure: Callable[[str, BaseException], None] | None = None,
 ) -> dict[str, Any]:
     """Generate and store the masks of every image not yet in ``cache`` (resumable).
+
+    Every file is written atomically, so a run killed at any point (SIGKILL included) and started again
+    produces exactly the cache of an uninterrupted run. A cached file that is damaged (truncated, not a
+    mask file) counts as missing: its masks are generated again and the file replaced.
 
     Args:
         generator: the mask generator; its ``config_hash`` must equal ``cache.config_hash``.
@@ -234,10 +239,14 @@ def cache_masks(
         progress: show a tqdm bar.
         on_error: ``"raise"`` (default: stop at the first unreadable image, naming it) or ``"collect"``
             (go on; failures are returned and reported with a warning).
+        on_failure: with ``"collect"``, called as ``on_failure(image_id, exception)`` for each failed image
+            (e.g. :meth:`tusss.persist.FailureLog.record`; an exception it raises stops the run).
 
     Returns:
         ``{"generated": [ids], "skipped": [ids already cached], "failed": {id: message}}``.
     """
+    from tusss.persist import DiskFullError, fault_point, is_enospc
+
     if on_error not in ("raise", "collect"):
         raise InputError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
     if generator.config_hash != cache.config_hash:
@@ -253,20 +262,34 @@ def cache_masks(
         total = None
     out: dict[str, Any] = {"generated": [], "skipped": [], "failed": {}}
     bar = tqdm(items, total=total, disable=not progress, desc="SAM masks", unit="img")
+    fault_point("masks")  # test hook: TUSSS_FAULT_KILL_AFTER=0 dies before the first image
     for image_id, source in bar:
-        if image_id in cache:
+        try:
+            cached = image_id in cache
+        except CorruptFileError:
+            cached = False  # damaged file: regenerate and replace it
+        if cached:
             out["skipped"].append(image_id)
             continue
         try:
             image = load_image(source, image_id)
+            if on_error == "collect":
+                masks = generator.generate(image)
+        except (DiskFullError, MemoryError, KeyboardInterrupt):
+            raise
         except InputError as e:
             if on_error == "raise":
                 raise
-            out["failed"][image_id] = str(e)
-            bar.set_postfix(failed=len(out["failed"]))
+            _collect(out, image_id, e, on_failure, bar)
             continue
-        cache.put(image_id, generator.generate(image))
+        except Exception as e:
+            if on_error == "raise" or is_enospc(e):
+                raise
+            _collect(out, image_id, e, on_failure, bar)
+            continue
+        cache.put(image_id, masks if on_error == "collect" else generator.generate(image))
         out["generated"].append(image_id)
+        fault_point("masks")
     bar.close()
     if out["failed"]:
         first = next(iter(out["failed"].items()))
@@ -276,6 +299,14 @@ def cache_masks(
             stacklevel=2,
         )
     return out
+
+
+def _collect(out: dict, image_id: str, e: BaseException, on_failure: Any, bar: Any) -> None:
+    msg = str(e) if isinstance(e, InputError | CorruptFileError) else f"{type(e).__name__}: {e}"
+    out["failed"][image_id] = msg
+    bar.set_postfix(failed=len(out["failed"]))
+    if on_failure is not None:
+        on_failure(image_id, e)
 
 
 # ---------------------------------------------------------------------------------------------- manifest
