@@ -3,7 +3,8 @@
 Everything returns plain numpy arrays: images are ``(H, W, 3) uint8`` RGB, label maps ``(H, W) uint8``
 (255 = ignore). Missing files raise :class:`MissingFileError` (an :class:`~tusss.errors.InputError` that is
 also a ``FileNotFoundError``); files that exist but cannot be decoded raise
-:class:`~tusss.errors.CorruptFileError`. Both name the file.
+:class:`~tusss.errors.CorruptFileError` (for images :class:`UnreadableImageError`, also an ``InputError``:
+a bad input image is both). All name the file. :func:`read_image` is the one image reader of tusss.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MissingFileError",
+    "UnreadableImageError",
     "list_images",
     "overlay",
     "read_image",
@@ -33,6 +35,10 @@ __all__ = [
 
 class MissingFileError(InputError, FileNotFoundError):
     """A file or folder the caller named (image, label, dataset root, list file) does not exist."""
+
+
+class UnreadableImageError(CorruptFileError, InputError):
+    """An image file exists but cannot be decoded (truncated, not an image, unusable mode)."""
 
 
 def _check_file(path: str | os.PathLike, what: str) -> Path:
@@ -60,9 +66,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             else:
                 arr = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise CorruptFileError(f"image {str(p)!r} cannot be decoded: {e}") from e
+        raise UnreadableImageError(f"image {str(p)!r} cannot be decoded: {e}") from e
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise CorruptFileError(f"image {str(p)!r} decoded to an unusable array of shape {arr.shape}")
+        raise UnreadableImageError(f"image {str(p)!r} decoded to an unusable array of shape {arr.shape}")
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 

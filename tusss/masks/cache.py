@@ -197,21 +197,18 @@ ImageSource = np.ndarray | str | os.PathLike | Callable[[], np.ndarray]
 def load_image(source: ImageSource, image_id: str = "") -> np.ndarray:
     """(H, W, 3) uint8 RGB from an array, a callable returning one, or an image file path.
 
+    Files are read with :func:`tusss.io.read_image`, the one image reader.
+
     Raises:
-        InputError: unreadable / missing file (message names it) or a bad array.
+        InputError: unreadable (:class:`tusss.io.UnreadableImageError`) / missing file (message names it) or a
+            bad array.
     """
+    from tusss.io import read_image
     from tusss.validate import check_image
 
     name = f"image {image_id!r}" if image_id else "image"
     if isinstance(source, (str, os.PathLike)):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(source) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise InputError(f"cannot read {name} from file {os.fspath(source)}: {type(e).__name__}: {e}") from e
-        return check_image(arr, name)
+        return check_image(read_image(source), name)
     if callable(source):
         return check_image(source(), name)
     return check_image(source, name)
