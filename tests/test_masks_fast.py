@@ -95,6 +95,24 @@ def test_fast_equals_reference_random_network() -> None:
     np.testing.assert_allclose(allc.predicted_iou, ref.predicted_iou, atol=1e-6)
 
 
+def test_mask_generator_hook_runs_fast_path(fake_sam) -> None:
+    """``MaskGenerator(..., amg="fast")`` runs the fast path (its counters move) with the reference's output,
+    also through ``generate_batch``; the cache key does not change."""
+    cfg = preset_config("tuss", **SMALL)
+    imgs = [make_scene(), make_scene(variant=2)]
+    ref_gen = MaskGenerator(fake_sam, cfg)
+    gen = MaskGenerator(fake_sam, cfg, amg="fast")
+    assert isinstance(gen._amg, FastLevelMaskGenerator) and gen.config_hash == ref_gen.config_hash
+    _assert_equal_masksets(ref_gen.generate(imgs[0]), gen.generate(imgs[0]))
+    assert gen._amg.stats["encoder_calls"] == 1
+    for r, g in zip(ref_gen.generate_batch(imgs), gen.generate_batch(imgs)):
+        _assert_equal_masksets(r, g)
+    assert gen._amg.stats["encoder_calls"] == 3  # crop 0 of both images came from the one batched call
+    assert gen.with_backend(gen.backend).amg == "fast"
+    with pytest.raises(InputError, match="amg"):
+        MaskGenerator(fake_sam, cfg, amg="turbo")
+
+
 def test_fast_empty_result(fake_sam) -> None:
     cfg = preset_config("tuss", points_per_side=4, pred_iou_thresh=1.5)
     got = mask_data_to_maskset(FastLevelMaskGenerator(fake_sam, cfg).generate_mask_data(make_scene()), (192, 256))

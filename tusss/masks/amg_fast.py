@@ -256,19 +256,24 @@ class FastLevelMaskGenerator(LevelMaskGenerator):
     def _encode_crops(self, image: np.ndarray, crop_boxes: list[list[int]]) -> tuple[torch.Tensor, list, list]:
         pred, model = self.predictor, self.predictor.model
         batch, input_sizes, crop_sizes = [], [], []
-        for x0, y0, x1, y1 in crop_boxes:
+        preset = self.preset_features  # (features, original size, input size) of crop 0 from generate_batch
+        for i, (x0, y0, x1, y1) in enumerate(crop_boxes):
             crop = image[y0:y1, x0:x1, :]
+            crop_sizes.append(crop.shape[:2])
+            if i == 0 and preset is not None:
+                input_sizes.append(tuple(preset[2]))
+                continue
             resized = pred.transform.apply_image(crop)  # SamPredictor.set_image's host resize
             t = torch.as_tensor(resized, device=pred.device).permute(2, 0, 1).contiguous()[None]
             input_sizes.append(tuple(t.shape[-2:]))
-            crop_sizes.append(crop.shape[:2])
             batch.append(model.preprocess(t))
-        x = torch.cat(batch, 0)
-        step = self.encoder_batch or x.shape[0]
-        feats = []
-        for i in range(0, x.shape[0], step):
-            feats.append(self.backend.encode(x[i : i + step]).to(pred.device))
-            self.stats["encoder_calls"] += 1
+        feats = [preset[0].to(pred.device)] if preset is not None else []
+        if batch:
+            x = torch.cat(batch, 0)
+            step = self.encoder_batch or x.shape[0]
+            for i in range(0, x.shape[0], step):
+                feats.append(self.backend.encode(x[i : i + step]).to(pred.device))
+                self.stats["encoder_calls"] += 1
         return torch.cat(feats, 0), input_sizes, crop_sizes
 
     # -- steps 2 and 3 for one crop
