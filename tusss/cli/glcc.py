@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from tusss.cli.common import add_clip_args, add_common, build_clip, progress
+from tusss.cli.faults import add_fault_args
 from tusss.errors import InputError
+from tusss.persist import FailureLog, atomic_write_text, fault_point, remove_stale_temps
 from tusss.weights import WEIGHT_SOURCE_HELP
 
 __all__ = ["register"]
@@ -48,12 +51,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
             "class_names": list(ds.class_names), "has_background": bool(ds.has_background)}
     w = StoreWriter(args.out, clip.model.visual.output_dim, dtype=args.dtype,
                     num_classes=ds.num_classes if has_gt else None, shard_size=args.shard_size, meta=meta)
+    remove_stale_temps(args.out)  # hidden leftovers of a killed run
+    log = FailureLog(args.out, "embed", fail_fast=args.fail_fast)
     done = w.done()
-    n_new = 0
-    for i in progress(ids, len(ids), "embed", not args.no_progress):
-        if i in done:
-            continue
-        ms = cache.get(i)
+
+    def embed_one(i: str) -> None:
+        ms = cache.get(i)  # a damaged cache file raises CorruptFileError naming it: a bad item
         if ms is None:
             raise InputError(f"mask cache {args.mask_cache} has no masks for {i!r}: run `tusss masks` first")
         keep = np.flatnonzero(ms.masks.reshape(len(ms), -1).any(1)) if len(ms) else np.zeros(0, np.int64)
@@ -62,10 +65,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
         emb = clip.embed_masks(image, ms.masks) if len(ms) else np.zeros((0, w.dim), np.float32)
         gt = gt_class_fractions(ms.masks, ds.label(i), ds.num_classes) if has_gt else None
         w.add(i, emb, area=ms.area, level=ms.level, gt_fractions=gt, mask_index=keep)
+
+    n_new = 0
+    fault_point("embed")  # test hook (TUSSS_FAULT_KILL_AFTER)
+    for i in progress(ids, len(ids), "embed", not args.no_progress):
+        if i in done:
+            continue
+        ok, _ = log.attempt(i, embed_one, i)
+        if not ok:
+            print(f"embed: skipped {i}: {log.failures[i]}", file=sys.stderr)
+            continue
         n_new += 1
+        fault_point("embed")
     w.close()
-    print(f"embed: {n_new} image(s) embedded, {len(done)} already stored -> {args.out}")
-    return 0
+    log.close()
+    print(f"embed: {n_new} image(s) embedded, {len(done)} already stored"
+          f"{f', {len(log)} failed' if len(log) else ''} -> {args.out}{log.summary()}")
+    return 1 if len(log) else 0
 
 
 def _load_store(path: str):
@@ -139,53 +155,70 @@ def _paint(cache, img_id: str, mask_index: np.ndarray, labels: np.ndarray, conf:
     ms = cache.get(img_id)
     if ms is None:
         raise InputError(f"mask cache has no masks for {img_id!r}")
+    if len(mask_index) and (mask_index.min() < 0 or mask_index.max() >= len(ms)):
+        raise InputError(f"the store's mask indices of {img_id!r} do not fit the {len(ms)} cached masks (other "
+                         "mask cache?)")
     ms = ms.subset(mask_index)
     return paint_labels(ms.masks, labels, ms.level, conf, fill=0)
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from tusss.io import write_label_png
+def _per_image(args: argparse.Namespace, command: str, out: Path, one) -> int:
+    """Run ``one(j, a, b, image_id)`` for every image of the store: bad items recorded in ``out``, kill hook."""
+    m, st, meta, scores, off = _scores_per_image(args)
     from tusss.masks.cache import open_mask_cache
 
-    m, st, meta, scores, off = _scores_per_image(args)
     cache = open_mask_cache(args.mask_cache)
-    out = Path(args.out)
+    remove_stale_temps(out)
+    log = FailureLog(out, command, fail_fast=args.fail_fast)
     n = len(off) - 1
-    for j in progress(range(n), n, "predict", not args.no_progress):
+    fault_point(command)
+    n_ok = 0
+    for j in progress(range(n), n, command, not args.no_progress):
         a, b = int(off[j]), int(off[j + 1])
         i = str(meta.image_id[a])
+        ok, _ = log.attempt(i, one, m, meta, scores, cache, a, b, i)
+        if not ok:
+            print(f"{command}: skipped {i}: {log.failures[i]}", file=sys.stderr)
+            continue
+        n_ok += 1
+        fault_point(command)
+    log.close()
+    tail = f", {len(log)} failed" if len(log) else ""
+    print(f"{command}: {n_ok} image(s){tail} -> {out}{log.summary()}")
+    return 1 if len(log) else 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tusss.io import write_label_png
+
+    out = Path(args.out)
+
+    def one(m, meta, scores, cache, a: int, b: int, i: str) -> None:
         s = scores[a:b]
         labels, conf = s.argmax(1), s.max(1)
         write_label_png(out / "labels" / f"{i}.png", _paint(cache, i, meta.mask_index[a:b], labels, conf))
         js = {"id": i, "num_masks": b - a, "fill": 0, "class_names": m.class_names,
               "masks": [{"label": int(lb), "conf": float(c)} for lb, c in zip(labels, conf)]}
-        (out / "masks").mkdir(parents=True, exist_ok=True)
-        (out / "masks" / f"{i}.json").write_text(json.dumps(js))
-    print(f"predict: {n} image(s) -> {out}")
-    return 0
+        atomic_write_text(out / "masks" / f"{i}.json", json.dumps(js))
+
+    return _per_image(args, "predict", out, one)
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from tusss.io import write_label_png
-    from tusss.masks.cache import open_mask_cache
 
-    m, st, meta, scores, off = _scores_per_image(args)
-    cache = open_mask_cache(args.mask_cache)
     out = Path(args.out) / "SegmentationClassAug"
-    restrict = not args.no_restrict and meta.gt_frac is not None
-    n = len(off) - 1
-    for j in progress(range(n), n, "pseudo-label", not args.no_progress):
-        a, b = int(off[j]), int(off[j + 1])
-        i = str(meta.image_id[a])
+
+    def one(m, meta, scores, cache, a: int, b: int, i: str) -> None:
         s = scores[a:b].copy()
-        if restrict:  # image-level labels of the training image (bg always allowed)
+        if not args.no_restrict and meta.gt_frac is not None:  # image-level labels of the image (bg allowed)
             allowed = (meta.gt_frac[a:b] > 0).any(0)
             if m.has_bg_:
                 allowed[0] = True
             s[:, ~allowed] = -np.inf
         write_label_png(out / f"{i}.png", _paint(cache, i, meta.mask_index[a:b], s.argmax(1), s.max(1)))
-    print(f"pseudo-label: {n} image(s) -> {out}")
-    return 0
+
+    return _per_image(args, "pseudo-label", Path(args.out), one)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -202,6 +235,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--shard-size", type=int, default=65536)
     p.add_argument("--no-gt", action="store_true", help="do not record GT class fractions")
+    add_fault_args(p)
     add_common(p)
     p.set_defaults(func=cmd_embed)
 
@@ -230,5 +264,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--out", required=True)
         if name == "pseudo-label":
             p.add_argument("--no-restrict", action="store_true", help="do not restrict to GT image classes")
+        add_fault_args(p)
         add_common(p)
         p.set_defaults(func=fn)
