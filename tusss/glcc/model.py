@@ -28,7 +28,15 @@ from tusss.glcc.inductive import CombineConfig, combine_scores, inductive_bias
 from tusss.glcc.knn import KnnGraph, build_graph, l2_normalize
 from tusss.glcc.probe import LinearProbe, ProbeConfig, train_probe
 from tusss.glcc.propagation import propagate
-from tusss.persist import atomic_directory, atomic_save_npy, atomic_write_text, corrupt, load_npy, read_json
+from tusss.persist import (
+    atomic_directory,
+    atomic_save_npy,
+    atomic_write_text,
+    corrupt,
+    fault_point,
+    load_npy,
+    read_json,
+)
 from tusss.scoring import BgMethod, FgMethod, seed_table
 from tusss.supervision import (
     FullSupervision,
@@ -414,8 +422,10 @@ class GLCC:
         meta_text = json.dumps(meta, indent=1)
 
         def write_into(folder: Path) -> None:
+            fault_point("glcc-save")  # test hook (TUSSS_FAULT_KILL_AFTER): killed before / between files
             for name, arr in arrays.items():
                 atomic_save_npy(folder / name, arr)
+                fault_point("glcc-save")
             atomic_write_text(folder / "glcc.json", meta_text)
 
         own = {*_FILES, "glcc.json"}
