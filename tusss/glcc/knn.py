@@ -10,6 +10,14 @@ Backends (all return cosine similarities and indices, best first):
 
 Self-loops are removed *by index* (an approximate index does not always return the query first): search
 k + 1, drop the entry equal to the query's own index, else drop the last one.
+
+Big N (:func:`knn_tiled`): exact search over a list of (n_i, D) blocks -- e.g. the memory-mapped float16
+shards of an embedding store, which need not fit in RAM -- tiled over query rows and over database chunks,
+with a running top-k per query row, rows L2-normalised tile by tile (float32 on the CPU, float16 products on
+CUDA), and self-loops removed by index inside the tile. Only one query tile, one database chunk and the
+(N, k) result are resident at a time (on a GPU the whole database may stay resident when it fits).
+``faiss_sharded_search`` is the faiss multi-GPU path (``index_cpu_to_all_gpus`` with ``shard=True``),
+available where faiss-gpu is installed.
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ import scipy.sparse as sp
 from tusss.errors import InputError
 from tusss.validate import check_finite
 
-__all__ = ["BACKENDS", "KnnGraph", "l2_normalize", "knn_search", "knn_graph", "build_graph", "recall_at_k"]
+__all__ = ["BACKENDS", "KnnGraph", "l2_normalize", "knn_search", "knn_graph", "build_graph", "recall_at_k",
+           "knn_tiled", "RowBlocks", "faiss_gpu_available", "faiss_sharded_search"]
 
-BACKENDS = ("torch", "faiss", "faiss-ivf", "faiss-hnsw")
+BACKENDS = ("torch", "torch-tiled", "faiss", "faiss-ivf", "faiss-hnsw")
 
 
 def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
@@ -123,6 +132,9 @@ def knn_search(
         raise InputError(f"queries {queries.shape} and base {base.shape} must be (M, D) and (N, D) with equal D")
     if not 1 <= k <= base.shape[0]:
         raise InputError(f"k={k} must be in [1, N={base.shape[0]}]")
+    if backend == "torch-tiled":  # base rows read tile by tile (memmaps stay on disk), no float32 copy of base
+        return knn_tiled(base, k, queries=queries, normalize=False, exclude_self=False, device=device,
+                         budget_bytes=budget_bytes)
     q = np.ascontiguousarray(queries, dtype=np.float32)
     b = np.ascontiguousarray(base, dtype=np.float32)
     if backend == "torch":
@@ -210,13 +222,26 @@ def build_graph(
     """kNN graph of the (N, D) embeddings ``X``: search k + 1, remove self by index, build S.
 
     Args:
-        X: (N, D) float embeddings (L2-normalised here unless ``normalized``).
+        X: (N, D) float embeddings (L2-normalised here unless ``normalized``), or a :class:`RowBlocks` / list of
+            (n_i, D) blocks (e.g. memory-mapped store shards): then the exact tiled search :func:`knn_tiled`.
         k: neighbours per node (reference: 50).
         gamma: similarity exponent (reference: 1).
         backend: :data:`BACKENDS`; ``search_kw`` go to :func:`knn_search`.
         recall_sample: for an approximate backend, measure recall@k against exact (torch) search on this
             many random queries (seeded) and store it in ``KnnGraph.recall``.
     """
+    if isinstance(X, (RowBlocks, list, tuple)) or backend == "torch-tiled":
+        # store shards / memmaps: exact tiled search, rows normalised tile by tile (never all in float32)
+        if backend not in ("torch", "torch-tiled"):
+            raise InputError(f"a sharded embedding source needs backend 'torch' or 'torch-tiled', got {backend!r}")
+        B = _as_blocks(X)
+        if len(B) < 2:
+            raise InputError(f"a kNN graph needs at least 2 embeddings, got {len(B)}")
+        k = min(k, len(B) - 1)
+        kw = {key: search_kw[key] for key in ("device", "half", "row_tile", "db_tile", "budget_bytes")
+              if key in search_kw}
+        sims, idx = knn_tiled(B, k, normalize=not normalized, **kw)  # type: ignore[arg-type]
+        return knn_graph(sims, idx, gamma=gamma, dtype=dtype)
     Xn = np.ascontiguousarray(X, dtype=np.float32) if normalized else l2_normalize(X)
     N = Xn.shape[0]
     if N < 2:
@@ -246,3 +271,221 @@ def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
         raise InputError("recall_at_k: row counts differ")
     hits = [np.intersect1d(a[a >= 0], e).size / e.size for a, e in zip(approx_idx, exact_idx)]
     return float(np.mean(hits)) if hits else 1.0
+
+
+class RowBlocks:
+    """A read-only (N, D) matrix given as row blocks (arrays or ``np.memmap`` shards), never concatenated.
+
+    Args:
+        blocks: sequence of (n_i, D) floating arrays (float16 / float32; memory maps are read lazily).
+
+    ``rows(a, b, dtype)`` returns rows [a, b) as one (b - a, D) array of ``dtype`` (copying only those rows);
+    ``offsets`` are the (len(blocks) + 1,) first-row indices.
+    """
+
+    def __init__(self, blocks) -> None:
+        self.blocks = [b for b in blocks]
+        if not self.blocks:
+            raise InputError("RowBlocks needs at least one block")
+        dims = {b.shape[1] if b.ndim == 2 else None for b in self.blocks}
+        if len(dims) != 1 or None in dims:
+            raise InputError(f"blocks must all be (n_i, D) with one D, got shapes {[b.shape for b in self.blocks]}")
+        for b in self.blocks:
+            if not np.issubdtype(b.dtype, np.floating):
+                raise InputError(f"embedding blocks must be floating point, got {b.dtype}")
+        self.dim = dims.pop()
+        self.offsets = np.concatenate([[0], np.cumsum([b.shape[0] for b in self.blocks])]).astype(np.int64)
+        self.shape = (int(self.offsets[-1]), self.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, a: int, b: int, dtype=np.float32) -> np.ndarray:
+        """Rows [a, b) as a (b - a, D) ``dtype`` array."""
+        out = np.empty((b - a, self.dim), dtype)
+        i = int(np.searchsorted(self.offsets, a, side="right") - 1)
+        r = a
+        while r < b:
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            e = min(b, hi)
+            out[r - a:e - a] = self.blocks[i][r - lo:e - lo]
+            r, i = e, i + 1
+        return out
+
+    def take(self, idx: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """Rows ``idx`` (any order) as a (len(idx), D) ``dtype`` array."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((idx.size, self.dim), dtype)
+        blk = np.searchsorted(self.offsets, idx, side="right") - 1
+        for i in np.unique(blk):
+            sel = np.flatnonzero(blk == i)
+            out[sel] = self.blocks[i][idx[sel] - self.offsets[i]]
+        return out
+
+
+def _as_blocks(x) -> RowBlocks:
+    if isinstance(x, RowBlocks):
+        return x
+    if isinstance(x, (list, tuple)):
+        return RowBlocks(x)
+    return RowBlocks([x])
+
+
+def knn_tiled(
+    base,
+    k: int,
+    *,
+    queries=None,
+    normalize: bool = True,
+    exclude_self: bool | None = None,
+    device: str | None = None,
+    half: bool | None = None,
+    row_tile: int | None = None,
+    db_tile: int | None = None,
+    budget_bytes: int = 256 << 20,
+    resident_bytes: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products in tiles, never materialising the (N, D) base in float32.
+
+    Args:
+        base: (N, D) array, memmap, a list of (n_i, D) blocks (store shards), or :class:`RowBlocks`.
+        k: neighbours per query (<= N, or <= N - 1 with ``exclude_self``).
+        queries: (M, D) queries in the same forms; None: the base itself (the kNN graph).
+        normalize: L2-normalise rows as tiles are read (zero rows raise InputError).
+        exclude_self: drop the query's own index (default: True when ``queries`` is None).
+        device: torch device (default CUDA when available).
+        half: float16 products (default: True on CUDA, False on the CPU). Neighbours are chosen from the
+            float16 products; the returned similarities are recomputed in float32 for those neighbours.
+        row_tile, db_tile: query rows per tile and database rows per chunk (default: from ``budget_bytes``,
+            the size of one float32 (row_tile, db_tile) similarity tile).
+        resident_bytes: keep the normalised database resident on the device when it is smaller than this
+            (default 0 on the CPU; on CUDA half the free memory).
+
+    Returns:
+        sims (M, k) float32 and indices (M, k) int64 (global row numbers), best first.
+    """
+    import torch
+
+    B = _as_blocks(base)
+    Qb = B if queries is None else _as_blocks(queries)
+    if Qb.dim != B.dim:
+        raise InputError(f"queries have D = {Qb.dim}, the base D = {B.dim}")
+    if exclude_self is None:
+        exclude_self = queries is None
+    if exclude_self and len(Qb) != len(B):
+        raise InputError("exclude_self needs the queries to be the base rows (queries=None)")
+    N, M = len(B), len(Qb)
+    kmax = N - 1 if exclude_self else N
+    if not 1 <= k <= kmax:
+        raise InputError(f"k={k} must be in [1, {kmax}] for N = {N}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if half is None:
+        half = dev.type == "cuda"
+    cdtype = torch.float16 if half else torch.float32
+    db_tile = int(db_tile or max(k + 1, min(N, 65536)))
+    row_tile = int(row_tile or max(1, min(M, budget_bytes // (4 * db_tile))))
+    if dev.type == "cuda" and not resident_bytes:
+        resident_bytes = torch.cuda.mem_get_info(dev)[0] // 2
+    resident = N * B.dim * (2 if half else 4) <= resident_bytes
+
+    def load(src: RowBlocks, a: int, b: int):
+        x = src.rows(a, b, np.float32)
+        if normalize:
+            check_finite(x, "embeddings")
+            n = np.linalg.norm(x, axis=1, keepdims=True)
+            if np.any(n == 0):
+                raise InputError(f"embeddings rows {a}..{b} hold {int((n == 0).sum())} all-zero rows")
+            x /= n
+        return torch.from_numpy(x).to(dev).to(cdtype)
+
+    cache: dict[int, object] = {}
+
+    def chunk(c: int):
+        if c in cache:
+            return cache[c]
+        t = load(B, c, min(N, c + db_tile))
+        if resident:
+            cache[c] = t
+        return t
+
+    sims = np.empty((M, k), np.float32)
+    idx = np.empty((M, k), np.int64)
+    with torch.inference_mode():
+        for a in range(0, M, row_tile):
+            b = min(M, a + row_tile)
+            Q = load(Qb, a, b)
+            best_v = torch.full((b - a, k), -float("inf"), device=dev)
+            best_i = torch.full((b - a, k), -1, dtype=torch.int64, device=dev)
+            for c in range(0, N, db_tile):
+                e = min(N, c + db_tile)
+                S = (Q @ chunk(c).T).float()
+                if exclude_self and c < b and a < e:  # the diagonal of this tile: own index -> -inf
+                    r = torch.arange(max(a, c), min(b, e), device=dev)
+                    S[r - a, r - c] = -float("inf")
+                kk = min(k, e - c)
+                v, i = torch.topk(S, kk, dim=1, largest=True, sorted=False)
+                allv = torch.cat([best_v, v], 1)
+                alli = torch.cat([best_i, i + c], 1)
+                best_v, j = torch.topk(allv, k, dim=1, largest=True, sorted=True)
+                best_i = torch.gather(alli, 1, j)
+            if half:  # exact float32 similarities of the chosen neighbours
+                qf = torch.from_numpy(_normalized(Qb.rows(a, b, np.float32), normalize)).to(dev)
+                bi = best_i.cpu().numpy()
+                nb = torch.from_numpy(_normalized(B.take(bi.ravel(), np.float32), normalize)).to(dev)
+                best_v = (nb.view(b - a, k, -1) @ qf.unsqueeze(2)).squeeze(2)
+                best_v, j = torch.sort(best_v, dim=1, descending=True)
+                best_i = torch.gather(best_i, 1, j)
+            sims[a:b] = best_v.cpu().numpy()
+            idx[a:b] = best_i.cpu().numpy()
+    return sims, idx
+
+
+def _normalized(x: np.ndarray, normalize: bool) -> np.ndarray:
+    if normalize:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def faiss_gpu_available() -> bool:
+    """True when faiss with GPU support is importable and sees a GPU."""
+    try:
+        import faiss
+
+        return hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0
+    except Exception:
+        return False
+
+
+def faiss_sharded_search(base, k: int, *, queries=None, exclude_self: bool | None = None, add_chunk: int = 1 << 20,
+                         query_chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search with faiss's ``IndexFlatIP`` sharded over all GPUs (``index_cpu_to_all_gpus(shard=True)``).
+
+    The base (same forms as :func:`knn_tiled`) is L2-normalised and added chunk by chunk (float32 chunks of
+    ``add_chunk`` rows), so the host never holds it in float32 at once; the shards live on the GPUs.
+
+    Returns:
+        sims (M, k) float32, indices (M, k) int64, best first, self removed by index when ``exclude_self``.
+    """
+    if not faiss_gpu_available():
+        raise InputError("faiss_sharded_search needs faiss-gpu and a GPU (pip install faiss-gpu-cu12)")
+    import faiss
+
+    B = _as_blocks(base)
+    Qb = B if queries is None else _as_blocks(queries)
+    if exclude_self is None:
+        exclude_self = queries is None
+    co = faiss.GpuMultipleClonerOptions()
+    co.shard = True
+    index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(B.dim), co=co)
+    for a in range(0, len(B), add_chunk):
+        index.add(_normalized(B.rows(a, min(len(B), a + add_chunk)), True))
+    kk = k + 1 if exclude_self else k
+    sims = np.empty((len(Qb), k), np.float32)
+    idx = np.empty((len(Qb), k), np.int64)
+    for a in range(0, len(Qb), query_chunk):
+        b = min(len(Qb), a + query_chunk)
+        s, i = index.search(_normalized(Qb.rows(a, b), True), kk)
+        if exclude_self:
+            s, i = _drop_self_rows(s, i, np.arange(a, b), k)
+        sims[a:b], idx[a:b] = s, i
+    return sims, idx
