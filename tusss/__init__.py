@@ -20,6 +20,10 @@ _LAZY = {
     "DBAClipConfig": "tusss.clip.config",
     "GLCC": "tusss.glcc.model",
     "OVSegmenter": "tusss.pipeline",
+    "Predictor": "tusss.predictor",
+    "Segmentation": "tusss.pipeline",
+    "TextClassifier": "tusss.classify",
+    "GLCCClassifier": "tusss.classify",
 }
 
 __all__ = ["__version__", *_LAZY]

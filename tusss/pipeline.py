@@ -137,7 +137,9 @@ class Segmentation:
         conf: (M,) float32 score of the chosen class.
         masks: the :class:`MaskSet` used (zero-area masks removed).
         class_names: the K class names.
-        logits: (M, C) float32 text logits (100 * cos) before scoring, C = number of text columns.
+        logits: (M, C) float32 text logits (100 * cos) before scoring, C = number of text columns (None from
+            :class:`tusss.Predictor`, whose classifier may not be a text one).
+        timings: seconds per stage (``masks``, ``embed``, ``classify``, ``paint``, ``total``) and ``batch_size``.
     """
 
     label_map: np.ndarray
@@ -147,31 +149,15 @@ class Segmentation:
     masks: MaskSet
     class_names: tuple[str, ...]
     logits: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (tusss.Predictor fills it)
 
     def to_json(self, include_scores: bool = True) -> dict[str, Any]:
-        """JSON-ready per-mask summary (label, class name, conf, level, area, bbox, optional scores)."""
-        ms = self.masks
-        out = []
-        for m in range(len(self.labels)):
-            d: dict[str, Any] = {
-                "index": m,
-                "label": int(self.labels[m]),
-                "class": self.class_names[int(self.labels[m])],
-                "conf": float(self.conf[m]),
-                "level": int(ms.level[m]),
-                "area": int(ms.area[m]),
-                "bbox_xywh": [int(x) for x in ms.bbox[m]],
-                "predicted_iou": float(ms.predicted_iou[m]),
-            }
-            if include_scores:
-                d["scores"] = [float(x) for x in self.scores[m]]
-            out.append(d)
-        return {
-            "image_hw": list(ms.image_hw),
-            "class_names": list(self.class_names),
-            "num_masks": len(self.labels),
-            "masks": out,
-        }
+        """JSON-ready per-mask summary (label, class name, conf, level, area, bbox, optional scores): the one
+        per-mask schema, :func:`tusss.labels.masks_json`."""
+        from tusss.labels import masks_json
+
+        return masks_json(self.labels, self.conf, self.masks, self.class_names,
+                          scores=self.scores if include_scores else None)  # fmt: skip
 
 
 class OVSegmenter:

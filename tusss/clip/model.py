@@ -278,6 +278,74 @@ class DBAClip:
         emb = gsw_pool(m_t, lay, gfeat, wfeats, window_antialias=self.cfg.window_antialias)
         return emb.cpu().numpy().astype(np.float32, copy=False)
 
+    @torch.no_grad()
+    def embed_masks_batch(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`embed_masks` of several images with the heavy passes batched across them: the window crops of
+        equal window size of all images run as one tower batch, global passes of equal size too (the joint and
+        no-bias presets; the per-mask preset runs image by image). Each image's token masks are padded with
+        empty masks to the largest M of the batch, which leaves the joint bias unchanged.
+
+        Args:
+            images: list of (H_i, W_i, 3) uint8 RGB; masks: list of (M_i, H_i, W_i) bool (M_i >= 1).
+        Returns:
+            list of (M_i, D) float32.
+        """
+        if len(images) != len(masks):
+            raise InputError(f"{len(images)} images but {len(masks)} mask arrays")
+        masks = [m.masks if (not isinstance(m, np.ndarray) and hasattr(m, "masks")) else m for m in masks]
+        images = [check_image(im) for im in images]
+        masks = [check_masks(m, im.shape[:2]) for im, m in zip(images, masks)]
+        if len(images) <= 1 or self.cfg.bias == "per_mask":
+            return [self.embed_masks(im, m) for im, m in zip(images, masks)]
+        cfg, dev = self.cfg, self.device
+        need_tm = cfg.bias != "none"
+        Mmax = max(m.shape[0] for m in masks)
+        # jobs: key (crop size) -> list of (image index, slot, crops (n, 3, h, w), token masks (n, Mmax, L) | None)
+        jobs: dict[tuple[int, int], list] = {}
+        lays, m_ts = [], []
+        for i, (im, m) in enumerate(zip(images, masks)):
+            lay = self.layout(im.shape[:2])
+            lays.append(lay)
+            resized = normalize_image(resize_image(im, lay.resized_hw), cfg.image_mean, cfg.image_std, dev)
+            m_t = torch.from_numpy(m).to(dev)
+            m_ts.append(m_t)
+
+            def pad(tm: torch.Tensor) -> torch.Tensor:
+                if tm.shape[1] == Mmax:
+                    return tm
+                z = torch.zeros(tm.shape[0], Mmax - tm.shape[1], tm.shape[2], dtype=tm.dtype, device=tm.device)
+                return torch.cat([tm, z], 1)
+
+            if lay.has_global:
+                Hr, Wr = lay.resized_hw
+                tm = pad(global_token_masks(m_t, (Hr // self.patch, Wr // self.patch),
+                                            cfg.token_downsample)[None]) if need_tm else None
+                jobs.setdefault((Hr, Wr), []).append((i, "g", resized[None], tm))
+            for j, group in enumerate(lay.groups):
+                crops = window_crops(resized, group)
+                tm = pad(window_token_masks(m_t, lay, group, cfg)) if need_tm else None
+                jobs.setdefault(tuple(crops.shape[-2:]), []).append((i, j, crops, tm))
+        gfeat: list = [None] * len(images)
+        wfeat: list[dict] = [{} for _ in images]
+        for items in jobs.values():
+            x = torch.cat([c for _, _, c, _ in items], 0)
+            tm = torch.cat([t for _, _, _, t in items], 0) if need_tm else None
+            out = self.runner.features(x, tm)
+            s = 0
+            for i, slot, c, _ in items:
+                part = out[s: s + c.shape[0]]
+                s += c.shape[0]
+                if slot == "g":
+                    gfeat[i] = part[0]
+                else:
+                    wfeat[i][slot] = part
+        res = []
+        for i in range(len(images)):
+            wf = [wfeat[i][j] for j in range(len(lays[i].groups))]
+            emb = gsw_pool(m_ts[i], lays[i], gfeat[i], wf, window_antialias=cfg.window_antialias)
+            res.append(emb.cpu().numpy().astype(np.float32, copy=False))
+        return res
+
     # ------------------------------------------------------------------ text side
     @property
     def tokenizer(self):

@@ -128,6 +128,14 @@ class BackendSamPredictor(SamPredictor):
         self.features = self.backend.encode(input_image).to(self.device)
         self.is_image_set = True
 
+    def set_features(self, features: torch.Tensor, original_size: tuple, input_size: tuple) -> None:
+        """Set an image by its encoder output (computed elsewhere, e.g. batched), as ``set_image`` would."""
+        self.reset_image()
+        self.features = features
+        self.original_size = tuple(original_size)
+        self.input_size = tuple(input_size)
+        self.is_image_set = True
+
     @torch.no_grad()
     def predict_torch(
         self,
@@ -166,9 +174,25 @@ class LevelMaskGenerator(SamAutomaticMaskGenerator):
         self.config = config
         self.backend = backend if backend is not None else TorchSamBackend(model)
         self.predictor = BackendSamPredictor(model, self.backend)  # encoder + decoder through the backend
+        self.preset_features: tuple | None = None  # full-image encoder output given by MaskGenerator.generate_batch
         self.score_thresh_offset = torch.tensor(config.score_thresh_offset, dtype=torch.float32)
         self.score_nms_offset = torch.tensor(config.score_nms_offset, dtype=torch.float32)
         self.stability_score_bias = torch.tensor(config.stability_score_bias, dtype=torch.float32)
+
+    @torch.no_grad()
+    def encode_full_images(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple, tuple]]:
+        """SAM's ``set_image`` pre-processing of every image + ONE backend encoder call for all of them.
+
+        Returns per image (features (1, C, h, w), original size, input size), what ``set_image`` would set.
+        """
+        pred = self.predictor
+        ins, meta = [], []
+        for im in images:
+            t = torch.as_tensor(pred.transform.apply_image(im), device=pred.device).permute(2, 0, 1).contiguous()
+            meta.append((tuple(im.shape[:2]), tuple(t.shape[-2:])))
+            ins.append(pred.model.preprocess(t[None]))
+        feats = self.backend.encode(torch.cat(ins, 0)).to(pred.device)
+        return [(feats[i: i + 1], o, s) for i, (o, s) in enumerate(meta)]
 
     @torch.no_grad()
     def generate_mask_data(self, image: np.ndarray) -> MaskData:
@@ -198,7 +222,10 @@ class LevelMaskGenerator(SamAutomaticMaskGenerator):
         x0, y0, x1, y1 = crop_box
         cropped_im = image[y0:y1, x0:x1, :]
         cropped_im_size = cropped_im.shape[:2]
-        self.predictor.set_image(cropped_im)
+        if crop_layer_idx == 0 and self.preset_features is not None:  # crop 0 = the whole image, encoded already
+            self.predictor.set_features(*self.preset_features)
+        else:
+            self.predictor.set_image(cropped_im)
         points_scale = np.array(cropped_im_size)[None, ::-1]
         points_for_image = self.point_grids[crop_layer_idx] * points_scale
         data = MaskData()
@@ -320,6 +347,7 @@ class MaskGenerator:
         model_type: str = "",
         weights_id: str = "",
         backend: SamBackend | None = None,
+        amg: str = "reference",
     ) -> None:
         if not isinstance(sam, Sam):
             raise InputError(f"sam must be a segment_anything Sam, got {type(sam)}")
@@ -331,7 +359,15 @@ class MaskGenerator:
         self._weights_id = weights_id
         if backend is not None and not isinstance(backend, SamBackend):
             raise InputError(f"backend must be a tusss.masks.generator.SamBackend, got {type(backend).__name__}")
-        self._amg = LevelMaskGenerator(sam, self.config, backend)
+        if amg not in ("reference", "fast"):
+            raise InputError(f"amg must be 'reference' or 'fast', got {amg!r}")
+        self.amg = amg  # same masks either way (tests/test_masks_fast.py), so not part of config_hash
+        if amg == "fast":  # device-resident pipeline (tusss.masks.amg_fast), imported lazily: it imports this module
+            from tusss.masks.amg_fast import FastLevelMaskGenerator
+
+            self._amg = FastLevelMaskGenerator(sam, self.config, backend)
+        else:
+            self._amg = LevelMaskGenerator(sam, self.config, backend)
 
     @classmethod
     def from_pretrained(
@@ -379,7 +415,7 @@ class MaskGenerator:
     def with_backend(self, backend: SamBackend) -> MaskGenerator:
         """A new generator on the same Sam, config and weights identity whose SAM networks run on ``backend``."""
         return MaskGenerator(self.sam, self.config, model_type=self.model_type, weights_id=self.weights_id,
-                             backend=backend)
+                             backend=backend, amg=self.amg)
 
     @property
     def config_hash(self) -> str:
@@ -404,6 +440,23 @@ class MaskGenerator:
         image = check_image(image)
         data = self._amg.generate_mask_data(image)
         return mask_data_to_maskset(data, image.shape[:2])
+
+    def generate_batch(self, images: list[np.ndarray]) -> list[MaskSet]:
+        """:meth:`generate` of several images, with the full-image SAM encoder pass of all of them as one batch
+        (the heavy stage; crops of ``crop_n_layers > 0`` and the prompt decoder run per image). Not re-entrant:
+        callers that share a generator between threads serialise calls (``tusss.Predictor`` does)."""
+        images = [check_image(im) for im in images]
+        if len(images) <= 1:
+            return [self.generate(im) for im in images]
+        out = []
+        for im, f in zip(images, self._amg.encode_full_images(images)):
+            self._amg.preset_features = f
+            try:
+                data = self._amg.generate_mask_data(im)
+            finally:
+                self._amg.preset_features = None
+            out.append(mask_data_to_maskset(data, im.shape[:2]))
+        return out
 
 
 def _xyxy_to_xywh(b: Any) -> np.ndarray:
