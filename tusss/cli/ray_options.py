@@ -61,6 +61,12 @@ def _address(args: argparse.Namespace) -> str | None:
     return None if args.ray == "local" else args.ray
 
 
+def _workers(res: dict) -> str:
+    """``"actor pids 123:4 456:2"``: which model actors handled how many images."""
+    return "actor pids " + " ".join(f"{p}:{n}" for p, n in sorted(res["workers"].items())) if res["workers"] else \
+        "no model calls"
+
+
 def _report_failures(res: dict, out: str) -> int:
     failed = res["failed"]
     for i, rec in failed.items():
@@ -92,7 +98,7 @@ def run_masks(args: argparse.Namespace) -> int:
             require_ray().shutdown()
     write_manifest(args.cache_dir, info)
     print(f"masks (ray): {len(res['generated'])} generated, {len(res['skipped'])} already cached, "
-          f"{len(res['failed'])} failed -> {args.cache_dir}")
+          f"{len(res['failed'])} failed -> {args.cache_dir} [{_workers(res)}]")
     return _report_failures(res, args.cache_dir)
 
 
@@ -120,7 +126,7 @@ def run_embed(args: argparse.Namespace) -> int:
                     shard_size=args.shard_size, with_gt=has_gt, meta=meta, pool=pool_from_args(args),
                     progress=not args.no_progress, address=_address(args), num_cpus=args.ray_num_cpus)
     print(f"embed (ray): {len(res['embedded'])} image(s) embedded, {len(res['skipped'])} already stored, "
-          f"{len(res['failed'])} failed -> {args.out}")
+          f"{len(res['failed'])} failed -> {args.out} [{_workers(res)}]")
     return _report_failures(res, args.out)
 
 

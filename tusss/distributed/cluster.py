@@ -51,14 +51,18 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         num_cpus / num_gpus: resources of a new local cluster (default: what the machine has).
         quiet: Ray's own log level WARNING and no worker output forwarded to the driver.
     """
+    local = address in (None, "", LOCAL)
+    if local:  # before Ray is imported: ray_constants reads it at import time (and workers inherit it)
+        for k, v in loopback_env().items():
+            os.environ.setdefault(k, v)
     ray = require_ray()
     if ray.is_initialized():
         return False
-    for k, v in loopback_env().items():
-        os.environ.setdefault(k, v)
+    if local and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+        _loopback_after_import()
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet,
                           "logging_level": logging.WARNING if quiet else logging.INFO}
-    if address in (None, "", LOCAL):
+    if local:
         if num_cpus is not None and num_cpus < 1:
             raise InputError(f"a local Ray cluster needs num_cpus >= 1, got {num_cpus}")
         kw.update(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1")
@@ -71,6 +75,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise InputError(f"cannot connect to the Ray cluster at {address!r}: {type(e).__name__}: {e}") from e
     return True
+
+
+def _loopback_after_import() -> None:
+    """Ray was imported before the loopback setting was in the environment: apply it to the constant that Ray
+    read at import time (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``), where this Ray version has it."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # pragma: no cover - layout of another Ray version
+        return
+    if getattr(ray_constants, "ENABLE_RAY_CLUSTER", False):
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 @dataclass(frozen=True)

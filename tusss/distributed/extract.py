@@ -253,9 +253,11 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _row(row: dict[str, Any], payload: bytes = b"", error: str = "", stage: str = "", status: str = "ok") -> dict:
+def _row(row: dict[str, Any], payload: bytes = b"", error: str = "", stage: str = "", status: str = "ok",
+         worker: int = -1) -> dict:
+    """One pipeline row; ``worker`` = pid of the model actor that handled it (-1: none)."""
     return {"idx": int(row["idx"]), "id": str(row["id"]), "payload": payload, "error": error, "stage": stage,
-            "status": status}
+            "status": status, "worker": int(worker)}
 
 
 def _set_threads(cpus: float) -> None:
@@ -359,7 +361,7 @@ class _SamActor:
             self.cache.put(str(row["id"]), ms)
         except Exception as e:
             return _row(row, error=_err(e), stage="masks")
-        return _row(row, payload=pickle.dumps(len(ms), protocol=_PICKLE))
+        return _row(row, payload=pickle.dumps(len(ms), protocol=_PICKLE), worker=os.getpid())
 
 
 def ray_cache_masks(
@@ -389,14 +391,14 @@ def ray_cache_masks(
 
     Returns:
         ``{"generated": [ids], "skipped": [ids], "failed": {id: {"stage", "error"}}, "info": GeneratorInfo,
-        "failures_file": path or None}``.
+        "workers": {actor pid: images}, "failures_file": path or None}``.
     """
     ids = [str(i) for i in ids]
     if len(set(ids)) != len(ids):
         raise InputError("ray_cache_masks: image ids must be unique")
     pool = pool or PoolConfig()
     root = str(Path(cache_root).expanduser().absolute())
-    out: dict[str, Any] = {"generated": [], "skipped": [], "failed": {}}
+    out: dict[str, Any] = {"generated": [], "skipped": [], "failed": {}, "workers": {}}
     with _ray_session(address, num_cpus), _data_context(not progress):
         ray = require_ray()
         res = cluster_resources()
@@ -421,6 +423,7 @@ def ray_cache_masks(
                         out["skipped"].append(r["id"])
                     else:
                         out["generated"].append(r["id"])
+                        out["workers"][r["worker"]] = out["workers"].get(r["worker"], 0) + 1
                     bar.update(1)
             finally:
                 bar.close()
@@ -473,7 +476,7 @@ class _ClipActor:
             res = {"emb": np.asarray(emb), "area": ms.area, "level": ms.level, "keep": p["keep"], "gt": p["gt"]}
         except Exception as e:
             return _row(row, error=_err(e), stage="embed")
-        return _row(row, payload=pickle.dumps(res, protocol=_PICKLE))
+        return _row(row, payload=pickle.dumps(res, protocol=_PICKLE), worker=os.getpid())
 
 
 def ray_embed(
@@ -510,7 +513,7 @@ def ray_embed(
 
     Returns:
         ``{"embedded": [ids], "skipped": [ids already stored], "failed": {id: {"stage", "error"}},
-        "failures_file": path or None}``.
+        "workers": {actor pid: images embedded}, "failures_file": path or None}``.
     """
     from tusss.data.store import StoreWriter
 
@@ -526,7 +529,7 @@ def ray_embed(
                     shard_size=shard_size, meta=meta)
     done = w.done()
     todo = [i for i in ids if i not in done]
-    res: dict[str, Any] = {"embedded": [], "skipped": [i for i in ids if i in done], "failed": {}}
+    res: dict[str, Any] = {"embedded": [], "skipped": [i for i in ids if i in done], "failed": {}, "workers": {}}
     with _ray_session(address, num_cpus), _data_context(not progress):
         ray = require_ray()
         r = cluster_resources()
@@ -551,6 +554,7 @@ def ray_embed(
                             w.add(iid, p["emb"], area=p["area"], level=p["level"], gt_fractions=p["gt"],
                                   mask_index=p["keep"])
                             res["embedded"].append(iid)
+                            res["workers"][row["worker"]] = res["workers"].get(row["worker"], 0) + 1
                         except InputError as e:  # e.g. NaN embeddings: this image only
                             res["failed"][iid] = {"stage": "store", "error": _err(e)}
                     bar.update(1)

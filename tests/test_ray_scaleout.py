@@ -1,0 +1,209 @@
+"""Ray scale-out (issue 11) on a local Ray cluster: 2 CPUs, loopback only, shut down at the end.
+
+References: the single-process ``tusss embed`` / ``tusss masks`` writing into other folders of the same
+tiny datasets (tusss-tiny CLIP and vit_tiny SAM with random weights; hand-made cached masks for embed). The
+Ray outputs must be byte-for-byte the same arrays and the same index. Skips cleanly without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _tiny_datasets import make_voc
+
+from tusss.cli import main
+from tusss.data.datasets import get_dataset
+from tusss.data.store import EmbeddingStore
+from tusss.masks.cache import MaskCache, open_mask_cache
+from tusss.masks.maskset import MaskSet
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only; read when Ray is imported
+ray = pytest.importorskip("ray")
+
+from tusss.distributed import PoolConfig, failures_path, init_ray, read_failures  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CLIP = ["--clip", "tusss-tiny", "--weights", "random", "--clip-opt", "target_size=64", "--clip-opt",
+        "window_sizes=[32]", "--clip-opt", "stride_divisor=1", "--no-progress"]
+SAM = ["--sam", "vit_tiny", "--checkpoint", "random", "--no-progress"]
+for _o in ("points_per_side=3", "crop_n_layers=0", "pred_iou_thresh=-10", "stability_score_thresh=-10",
+           "min_mask_region_area=0", "box_nms_thresh=1.0", "rock_sand_water_thresh=null"):
+    SAM += ["--sam-opt", _o]
+TRAIN = [f"2007_{i:06d}" for i in range(5)]
+VAL = [f"2008_{i:06d}" for i in range(10)]
+CORRUPT = TRAIN[2]
+
+
+def grid_masks(hw: tuple[int, int], empty_one: bool = False) -> MaskSet:
+    h, w = hw
+    ms = []
+    for y in range(0, h, 5):
+        for x in range(0, w, 7):
+            m = np.zeros(hw, bool)
+            m[y:y + 5, x:x + 7] = True
+            ms.append(m)
+    if empty_one:
+        ms.append(np.zeros(hw, bool))
+    M = len(ms)
+    return MaskSet(np.stack(ms), np.arange(M) % 3, np.ones(M), np.ones(M))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local 2-CPU Ray cluster on 127.0.0.1 owned by this module; yields its GCS address."""
+    if ray.is_initialized():
+        ray.shutdown()
+    assert init_ray(num_cpus=2)
+    addr = ray.get_runtime_context().gcs_address
+    assert addr.startswith("127.0.0.1:"), addr
+    yield addr
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    """Tiny VOC (train_aug with one corrupt JPEG, clean val) and a mask cache of hand-made masks."""
+    tmp = tmp_path_factory.mktemp("ray")
+    root = tmp / "VOC2012"
+    make_voc(root, {"train_aug": TRAIN, "val": VAL})
+    cache = MaskCache(tmp / "cache", "handmade")
+    for split in ("train_aug", "val"):
+        ds = get_dataset("voc", root, split)
+        for n, i in enumerate(ds.ids):
+            cache.put(i, grid_masks(ds.image(i).shape[:2], empty_one=n == 0))
+    jpg = root / "JPEGImages" / f"{CORRUPT}.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:40])  # truncated: PIL cannot decode it
+    (tmp / "good.txt").write_text("".join(f"{i}\n" for i in TRAIN if i != CORRUPT))
+    return tmp, root
+
+
+def _embed_args(root: Path, split: str, cache: Path, out: Path, *extra: str) -> list[str]:
+    return ["embed", "--dataset", "voc", "--root", str(root), "--split", split, "--mask-cache", str(cache),
+            "--out", str(out), *CLIP, *extra]
+
+
+def _actor_calls(out: str) -> dict[int, int]:
+    """{actor pid: images} from the "[actor pids 123:4 ...]" of the command's summary line."""
+    seg = out.rsplit("[actor pids ", 1)[1].split("]", 1)[0]
+    return {int(p): int(n) for p, n in (x.split(":") for x in seg.split())}
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    """Same index (shards, boundaries, image lists, meta), same files, same arrays."""
+    ia, ib = (json.loads((p / "index.json").read_text()) for p in (a, b))
+    assert ia == ib
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    sa, sb = EmbeddingStore(a), EmbeddingStore(b)
+    for i in range(len(sa.shards)):
+        np.testing.assert_array_equal(sa.shard(i), sb.shard(i))
+        ma, mb = sa.shard_meta(i), sb.shard_meta(i)
+        for f in ("image_id", "mask_index", "area", "level", "gt_frac"):
+            np.testing.assert_array_equal(getattr(ma, f), getattr(mb, f))
+
+
+def test_embed_ray_equals_single_process_and_records_corrupt_image(cluster, voc, capsys):
+    tmp, root = voc
+    ref, out = tmp / "ref_train", tmp / "ray_train"
+    assert main(_embed_args(root, "train_aug", tmp / "cache", ref, "--shard-size", "40", "--ids-file",
+                            str(tmp / "good.txt"))) == 0
+    rc = main(_embed_args(root, "train_aug", tmp / "cache", out, "--shard-size", "40", "--ray", cluster,
+                          "--ray-actors", "2"))
+    cap = capsys.readouterr()
+    assert rc == 1, cap  # one image failed
+    assert "embed (ray): 4 image(s) embedded, 0 already stored, 1 failed" in cap.out
+    assert_same_store(ref, out)
+    assert len(json.loads((out / "index.json").read_text())["shards"]) >= 2  # several shards, same boundaries
+    fails = read_failures(out)
+    assert list(fails) == [CORRUPT] and fails[CORRUPT]["stage"] == "read"
+    assert f"{CORRUPT}.jpg" in fails[CORRUPT]["error"]
+    assert failures_path(out).parent == out.parent  # beside the store, not inside it
+    # the embeddings were computed in the DBA-CLIP actor pool, not in the driver: 4 model calls in actors
+    assert sum(_actor_calls(cap.out).values()) == 4 and os.getpid() not in _actor_calls(cap.out)
+
+
+def test_embed_ray_killed_half_way_then_resumed(cluster, voc, capsys):
+    tmp, root = voc
+    ref, out = tmp / "ref_val", tmp / "ray_val"
+    assert main(_embed_args(root, "val", tmp / "cache", ref, "--shard-size", "1")) == 0  # one image per shard
+    cmd = [sys.executable, "-m", "tusss.cli", *_embed_args(root, "val", tmp / "cache", out, "--shard-size", "1",
+                                                          "--ray", cluster)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    idx = out / "index.json"
+    n_at_kill = 0
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if idx.is_file():
+                try:
+                    n_at_kill = len(json.loads(idx.read_text())["shards"])
+                except (ValueError, OSError):
+                    n_at_kill = 0
+                if n_at_kill >= 2:
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"driver ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    st = json.loads(idx.read_text())
+    assert not st["complete"] and 2 <= len(st["shards"]) < len(VAL)  # really half-way
+    rc = main(_embed_args(root, "val", tmp / "cache", out, "--shard-size", "1", "--ray", cluster))
+    cap = capsys.readouterr()
+    assert rc == 0, cap
+    assert "already stored" in cap.out and f", {len(st['shards'])} already stored" in cap.out
+    s = EmbeddingStore(out)
+    assert s.image_ids == VAL  # each image once, in dataset order
+    assert_same_store(ref, out)
+    assert not failures_path(out).exists()
+
+
+def test_masks_ray_equals_single_process(cluster, voc, capsys):
+    tmp, root = voc
+    ds_args = ["--dataset", "voc", "--root", str(root), "--split", "val", "--limit", "3"]
+    assert main(["masks", *ds_args, "--cache-dir", str(tmp / "m_ref"), *SAM]) == 0
+    assert main(["masks", *ds_args, "--cache-dir", str(tmp / "m_ray"), *SAM, "--ray", cluster]) == 0
+    assert main(["masks", *ds_args, "--cache-dir", str(tmp / "m_ray"), *SAM, "--ray", cluster]) == 0  # re-run
+    cap = capsys.readouterr()
+    assert "masks (ray): 3 generated, 0 already cached" in cap.out
+    assert sum(_actor_calls(cap.out.split("masks (ray): 0 generated")[0]).values()) == 3
+    assert "masks (ray): 0 generated, 3 already cached" in cap.out
+    a, b = open_mask_cache(tmp / "m_ref"), open_mask_cache(tmp / "m_ray")
+    assert a.config_hash == b.config_hash and a.ids() == b.ids() == VAL[:3]
+    assert json.loads((tmp / "m_ref" / "tusss-masks.json").read_text()) == json.loads(
+        (tmp / "m_ray" / "tusss-masks.json").read_text())
+    for i in a.ids():
+        ma, mb = a.get(i), b.get(i)
+        assert len(ma) > 0
+        for k, v in ma.to_dict().items():
+            np.testing.assert_array_equal(v, mb.to_dict()[k])
+
+
+def test_pool_config_resources():
+    # issue 11: 2 actors must leave CPU for the read tasks on a 2-CPU machine -> 0.5 CPU each
+    assert PoolConfig(actors=2).resolve(2, 0) == (0.5, 0.0)
+    assert PoolConfig(actors=1).resolve(2, 0) == (1.0, 0.0)
+    assert PoolConfig(actors=4).resolve(16, 4) == (1.0, 1.0)
+    assert PoolConfig(actors=3, gpus_per_actor=0).resolve(64, 8) == (1.0, 0.0)
+    with pytest.raises(Exception, match="hang"):
+        PoolConfig(actors=2, cpus_per_actor=1).resolve(2, 0)
+    with pytest.raises(Exception, match="GPU"):
+        PoolConfig(gpus_per_actor=1).resolve(8, 0)
+    assert PoolConfig().num_blocks(10) == 10 and PoolConfig().num_blocks(4096) == 2048
