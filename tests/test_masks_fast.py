@@ -283,3 +283,79 @@ def test_components_and_rle_on_gpu_equal_cpu() -> None:
         b, cb = remove_small_regions_batched(m, 30, mode)
         assert torch.equal(a.cpu(), b) and torch.equal(ca.cpu(), cb)
     assert rle_dicts(m.cuda()) == mask_to_rle_pytorch(m)
+
+
+# ----------------------------------------------------------------------------------------------- precision
+
+
+def _tiny_sam_with_rel_pos(seed: int = 0):
+    from tusss.masks.sam_registry import build_sam
+
+    torch.manual_seed(seed)
+    sam, _ = build_sam("vit_tiny", None)
+    for blk in sam.image_encoder.blocks:  # SAM zero-inits them: make the relative-position term matter
+        torch.nn.init.normal_(blk.attn.rel_pos_h, std=0.5)
+        torch.nn.init.normal_(blk.attn.rel_pos_w, std=0.5)
+    return sam
+
+
+#: relative L2 error of the low-precision encoder against SAM's float32 encoder (random tiny SAM, CPU)
+PRECISION_TOL = {"fp32": 1e-5, "bf16": 2e-2, "fp16": 5e-3}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_lowp_encoder_equals_sam_encoder(precision: str) -> None:
+    from tusss.masks.sam_precision import Float32LayerNorm, SDPAAttention, lowp_image_encoder
+
+    sam = _tiny_sam_with_rel_pos()
+    x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = sam.image_encoder(x)
+        enc = lowp_image_encoder(sam.image_encoder, precision)
+        out = enc(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    rel = float((out - ref).norm() / ref.norm())
+    assert rel < PRECISION_TOL[precision], rel
+    mods = list(enc.modules())
+    assert sum(isinstance(m, SDPAAttention) for m in mods) == len(sam.image_encoder.blocks)
+    norms = [m for m in mods if isinstance(m, Float32LayerNorm)]
+    assert len(norms) == 2 * len(sam.image_encoder.blocks) + 2  # two per block + two in the neck
+    assert all(p.dtype == torch.float32 for n in norms for p in n.parameters())
+    assert enc.encoder.blocks[0].attn.qkv.weight.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16,
+                                                           "fp16": torch.float16}[precision]
+    assert next(sam.image_encoder.parameters()).dtype == torch.float32  # the original is untouched
+
+
+def test_lowp_backend_in_mask_generator() -> None:
+    """The backend runs inside MaskGenerator (encoder calls counted) and tags the cache key with its precision."""
+    from tusss.masks.sam_precision import LowPrecisionSamBackend
+
+    sam = _tiny_sam_with_rel_pos(3)
+    gen = MaskGenerator(sam, preset_config("tuss", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                           crop_n_layers=0, min_mask_region_area=0), amg="fast")
+    img = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
+    ref = gen.generate(img)
+    be = LowPrecisionSamBackend(sam, "fp32")
+    g2 = gen.with_backend(be)
+    got = g2.generate(img)
+    assert be.encode_calls == 1
+    assert len(got) == len(ref)
+    np.testing.assert_allclose(got.predicted_iou, ref.predicted_iou, atol=1e-4)
+    assert g2.config_hash != gen.config_hash and be.cache_tag == "torch-sdpa:fp32"
+    with pytest.raises(InputError, match="precision"):
+        LowPrecisionSamBackend(sam, "int4")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_lowp_encoder_on_gpu(precision: str) -> None:
+    from tusss.masks.sam_precision import lowp_image_encoder
+
+    sam = _tiny_sam_with_rel_pos()
+    x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = sam.image_encoder.double()(x.double()).float()
+        out = lowp_image_encoder(sam.image_encoder.float().cuda(), precision)(x.cuda()).cpu()
+    assert torch.isfinite(out).all()
+    assert float((out - ref).norm() / ref.norm()) < PRECISION_TOL[precision]
