@@ -37,6 +37,7 @@ from tusss.export.clip import GRAPH_CONFIG_FIELDS, ClipTextGraph, ClipWindowsGra
 from tusss.export.onnx_io import export_module, graph_files, graph_io, sha256_file, state_dict_hash
 from tusss.export.precision import quantize_int8, to_fp16
 from tusss.export.sam import SamDecoderGraph, SamEncoderGraph
+from tusss.persist import fault_point
 
 from .manifest import BACKENDS, GRAPHS, MANIFEST, PRECISIONS, GraphEntry, Manifest
 
@@ -242,6 +243,7 @@ def build_engine(
     old = out / MANIFEST
     if old.exists():
         old.unlink()  # a rebuild that fails half-way must not leave a manifest describing other files
+    fault_point("engine-build")
 
     timings: dict[str, float] = {}
     entries: dict[str, GraphEntry] = {}
@@ -262,6 +264,7 @@ def build_engine(
         entries[name] = entry
         timings[name] = time.perf_counter() - t0
         say(f"[build] {name}: {timings[name]:.1f} s, {sum(f['bytes'] for f in entry.files.values()) / 1e6:.1f} MB")
+        fault_point("engine-build")  # test hook (TUSSS_FAULT_KILL_AFTER): killed after this many graphs
 
     sam_meta: dict[str, Any] = {}
     if sam is not None:

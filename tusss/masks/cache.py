@@ -162,9 +162,13 @@ class MaskCache:
                 return None
             try:
                 d = {k: npz[k] for k in npz.files if k not in _META}
-                return MaskSet.from_dict(d)
+                ms = MaskSet.from_dict(d)
             except Exception as e:  # truncated member, bad CRC, missing key, inconsistent shapes
                 raise corrupt(p, f"mask cache file is corrupt ({type(e).__name__}: {e})", _FIX) from e
+        for k in ("predicted_iou", "stability"):
+            if not np.isfinite(np.asarray(getattr(ms, k), np.float64)).all():
+                raise corrupt(p, f"mask cache file holds NaN or infinite values in {k!r}", _FIX)
+        return ms
 
     # ------------------------------------------------------------------ write
     def put(self, image_id: str, maskset: MaskSet) -> Path:
