@@ -158,11 +158,32 @@ def _bench(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
+    """Entry point of ``tusss-engine``: errors are one line on stderr (exit 2); ``--debug`` anywhere on the
+    command line (or ``TUSSS_DEBUG=1``) shows the traceback instead."""
+    import os
+
+    from tusss.persist import one_line
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("TUSSS_DEBUG", "") not in ("", "0")
+    a = _parser().parse_args([x for x in argv if x != "--debug"])
     try:
         return {"build": _build, "check": _check, "info": _info, "bench": _bench}[a.cmd](a)
     except TusssError as e:
-        print(f"tusss-engine {a.cmd}: error: {e}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"tusss-engine {a.cmd}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"tusss-engine {a.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"tusss-engine {a.cmd}: internal error: {type(e).__name__}: {one_line(e)} (re-run with --debug for "
+              "the traceback)", file=sys.stderr)
         return 2
 
 
