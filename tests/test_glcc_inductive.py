@@ -99,3 +99,89 @@ def test_combine_reference_by_hand():
     np.testing.assert_allclose(out2[0], p2 / p2.sum(), rtol=1e-6)
     out3 = combine_scores(s_probe, bias, CombineConfig(mode="paper", w=0.9))
     np.testing.assert_allclose(out3, s_probe + 0.9 * bias, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- warm kNN index (issue 12 part 3)
+def _fitted_glcc(backend="torch", n=300, K=4):
+    from tusss.glcc.model import GLCC, GLCCConfig
+    from tusss.glcc.probe import LinearProbe
+
+    X, y = clustered(n, 16, c=K)
+    Xn = l2_normalize(X)
+    g = build_graph(Xn, k=10, normalized=True)
+    P, _ = propagate(g.S, np.eye(K)[y], 0.9, backend="numpy")
+    m = GLCC(GLCCConfig(k=10, knn_backend=backend))
+    m.X_, m.degree_, m.pstar_, m.k_graph_, m.kind_, m.has_bg_ = Xn, g.degree, P, 10, "weak", False
+    m.probe_ = LinearProbe(np.random.default_rng(3).normal(size=(K, 16)).astype(np.float32))
+    return m
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_predict_builds_index_once_and_equals_fresh_search(backend, monkeypatch):
+    from tusss.glcc import inductive
+
+    made = []
+    real = inductive.KnnIndex._make
+    monkeypatch.setattr(inductive.KnnIndex, "_make", lambda self: made.append(1) or real(self))
+    m = _fitted_glcc(backend)
+    cc = m.combine_config
+    for seed in range(4):
+        Q = clustered(25, 16, seed=10 + seed)[0]
+        Qn = l2_normalize(Q)
+        # the old path: a fresh search (faiss: a new index trained and filled) on every call
+        ref_bias = inductive_bias(Qn, m.X_, m.degree_, m.pstar_, 10, 10, backend=backend)
+        ref = combine_scores(m.probe_.scores(Qn), ref_bias, cc, has_bg=False)
+        np.testing.assert_allclose(m.predict(Q), ref, rtol=1e-6, atol=1e-7)
+    assert len(made) == 1 and m.knn_index().builds == 1
+
+
+def test_index_build_is_thread_safe(monkeypatch):
+    import threading
+    import time
+
+    from tusss.glcc import inductive
+
+    made = []
+    real = inductive.KnnIndex._make
+
+    def slow(self):
+        made.append(1)
+        time.sleep(0.2)
+        return real(self)
+
+    monkeypatch.setattr(inductive.KnnIndex, "_make", slow)
+    m = _fitted_glcc()
+    Q = clustered(10, 16, seed=5)[0]
+    ref = _fitted_glcc().predict(Q)
+    outs, errs = [None] * 6, []
+
+    def run(j):
+        try:
+            outs[j] = m.predict(Q)
+        except Exception as e:  # pragma: no cover - reported below
+            errs.append(e)
+
+    ts = [threading.Thread(target=run, args=(j,)) for j in range(6)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errs and len(made) == 2  # one for this GLCC, one for the reference GLCC
+    for o in outs:
+        np.testing.assert_array_equal(o, ref)
+
+
+def test_predict_batch_equals_per_image_and_refit_resets_index():
+    import pickle
+
+    m = _fitted_glcc()
+    batch = [clustered(n, 16, seed=20 + n)[0] for n in (3, 0, 17, 1)]
+    out = m.predict_batch(batch)
+    assert [o.shape[0] for o in out] == [3, 0, 17, 1]
+    for o, e in zip(out, batch):
+        if len(e):
+            np.testing.assert_allclose(o, m.predict(e), rtol=1e-6, atol=1e-7)
+    idx = m.knn_index()
+    m.X_ = m.X_.copy()  # new training set (fit / load) -> a new index
+    assert m.knn_index() is not idx
+    clone = pickle.loads(pickle.dumps(m.knn_index()))
+    s, i = clone.search(m.X_[:4], 3)
+    np.testing.assert_array_equal(i[:, 0], np.arange(4))

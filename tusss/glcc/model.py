@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tusss.errors import CorruptFileError, InputError
-from tusss.glcc.inductive import CombineConfig, combine_scores, inductive_bias
+from tusss.glcc.inductive import CombineConfig, KnnIndex, combine_scores, inductive_bias
 from tusss.glcc.knn import KnnGraph, build_graph, l2_normalize
 from tusss.glcc.probe import LinearProbe, ProbeConfig, train_probe
 from tusss.glcc.propagation import propagate
@@ -388,13 +389,35 @@ class GLCC:
         s_probe = self.probe_.scores(Q) if Q.shape[0] else np.zeros((0, self.num_classes), np.float32)
         k_bar = self.config.k_bar or self.k_graph_
         bias = inductive_bias(Q, self.X_, self.degree_, self.pstar_, k_bar, self.k_graph_, norm=self.config.a_norm,
-                              backend=self.config.knn_backend)
+                              index=self.knn_index())
         return s_probe, bias
+
+    _index_lock = threading.Lock()  # guards the creation of ``_index`` (the KnnIndex has its own build lock)
+
+    def knn_index(self, device: str | None = None) -> KnnIndex:
+        """The warm :class:`tusss.glcc.inductive.KnnIndex` over the training embeddings: created on first use
+        (thread-safe), built once, reused by every :meth:`predict` until the next fit / load.
+        ``device`` (torch backend) only applies when the index does not exist yet."""
+        self._check_fitted()
+        if self._index is None or self._index.base is not self.X_:
+            with GLCC._index_lock:
+                if self._index is None or self._index.base is not self.X_:
+                    self._index = KnnIndex(self.X_, self.config.knn_backend, device=device)
+        return self._index
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """(M, D) float mask embeddings -> (M, K) float32 GLCC scores (argmax = dataset class id)."""
         s_probe, bias = self.predict_parts(embeddings)
         return combine_scores(s_probe, bias, self.combine_config, has_bg=self.has_bg_)
+
+    def predict_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        """Batched inference: a list of (M_i, D) embeddings (e.g. one per image) -> list of (M_i, K) float32
+        scores, computed as one (sum M_i, D) call (one probe matmul, one kNN search)."""
+        if not batch:
+            return []
+        sizes = [int(np.asarray(e).shape[0]) for e in batch]
+        out = self.predict(np.concatenate([np.asarray(e) for e in batch]))
+        return np.split(out, np.cumsum(sizes)[:-1])
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, embeddings_dtype: str = "float32") -> None:
