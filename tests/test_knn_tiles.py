@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from tusss.errors import InputError
-from tusss.glcc.knn import RowBlocks, build_graph, faiss_gpu_available, faiss_sharded_search, knn_tiled
+from tusss.glcc.knn import (
+    RowBlocks,
+    build_graph,
+    faiss_gpu_available,
+    faiss_sharded_search,
+    knn_graph_torch,
+    knn_tiled,
+)
 
 
 def brute(Q, X, k, exclude_self):
@@ -120,3 +127,17 @@ def test_faiss_sharded_multi_gpu(shards):
     s, i = faiss_sharded_search(shards, 9, add_chunk=50)
     rs, ri = brute(X, X, 9, True)
     np.testing.assert_array_equal(i, ri)
+
+
+def test_knn_graph_torch_equals_scipy_assembly():
+    from tusss.glcc.knn import knn_graph
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(120, 10)).astype(np.float32)
+    for gamma in (1.0, 3.0):
+        s, i = knn_tiled(X, 7, device="cpu")
+        i[5, 3] = -1  # a missing neighbour
+        g = knn_graph(s, i, gamma=gamma)
+        S, d = knn_graph_torch(torch.from_numpy(s), torch.from_numpy(i), gamma=gamma)
+        np.testing.assert_allclose(S.to_dense().numpy(), g.S.toarray(), atol=1e-6)
+        np.testing.assert_allclose(d.numpy(), g.degree, rtol=1e-5)

@@ -31,7 +31,7 @@ from tusss.errors import InputError
 from tusss.validate import check_finite
 
 __all__ = ["BACKENDS", "KnnGraph", "l2_normalize", "knn_search", "knn_graph", "build_graph", "recall_at_k",
-           "knn_tiled", "RowBlocks", "faiss_gpu_available", "faiss_sharded_search"]
+           "knn_tiled", "RowBlocks", "faiss_gpu_available", "faiss_sharded_search", "knn_graph_torch"]
 
 BACKENDS = ("torch", "torch-tiled", "faiss", "faiss-ivf", "faiss-hnsw")
 
@@ -206,6 +206,53 @@ def knn_graph(sims: np.ndarray, idx: np.ndarray, gamma: float = 1.0, dtype: type
     S = S.tocsr().astype(dtype)
     S.sort_indices()
     return KnnGraph(S=S, degree=d, k=k, gamma=float(gamma))
+
+
+def knn_graph_torch(sims, idx, gamma: float = 1.0):
+    """:func:`knn_graph` on torch tensors (any device): the graph of a big N assembled where the kNN ran.
+
+    Args:
+        sims: (N, k) float tensor of similarities; idx: (N, k) int64 tensor of neighbours (-1 = missing).
+        gamma: similarity exponent.
+
+    Returns:
+        S (N, N) float32 torch CSR tensor (int32 indices when they fit) with zero diagonal, and the
+        (N,) float32 degree tensor (row sums of W + Wᵀ, zeros replaced by 1).
+    """
+    import torch
+
+    N, k = idx.shape
+    dev = idx.device
+    w = sims.float()
+    if gamma != 1.0:
+        w = w.clamp(min=0.0).pow(gamma)
+    rows = torch.arange(N, device=dev).repeat_interleave(k)
+    cols = idx.reshape(-1)
+    vals = w.reshape(-1)
+    keep = (cols >= 0) & (cols != rows)
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    import warnings
+
+    with warnings.catch_warnings():  # "sparse CSR is beta" / "invariant checks disabled" notices
+        warnings.simplefilter("ignore", UserWarning)
+        return _assemble_torch(torch, N, rows, cols, vals, dev)
+
+
+def _assemble_torch(torch, N, rows, cols, vals, dev):
+    W = torch.sparse_coo_tensor(torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
+                                torch.cat([vals, vals]), (N, N)).coalesce()  # W + Wᵀ (reciprocal pairs sum)
+    ij, v = W.indices(), W.values()
+    nz = v != 0
+    ij, v = ij[:, nz], v[nz]
+    d = torch.zeros(N, device=dev, dtype=torch.float32).index_add_(0, ij[0], v)
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    r = d.rsqrt()
+    v = v * r[ij[0]] * r[ij[1]]
+    crow = torch.zeros(N + 1, dtype=torch.int64, device=dev)
+    crow[1:] = torch.cumsum(torch.bincount(ij[0], minlength=N), 0)
+    it = torch.int32 if max(N, v.numel()) < 2**31 else torch.int64
+    S = torch.sparse_csr_tensor(crow.to(it), ij[1].to(it), v, size=(N, N))
+    return S, d
 
 
 def build_graph(
@@ -414,11 +461,11 @@ def knn_tiled(
         for a in range(0, M, row_tile):
             b = min(M, a + row_tile)
             Q = load(Qb, a, b)
-            best_v = torch.full((b - a, k), -float("inf"), device=dev)
+            best_v = torch.full((b - a, k), -float("inf"), device=dev, dtype=cdtype)
             best_i = torch.full((b - a, k), -1, dtype=torch.int64, device=dev)
             for c in range(0, N, db_tile):
                 e = min(N, c + db_tile)
-                S = (Q @ chunk(c).T).float()
+                S = Q @ chunk(c).T  # float16 on CUDA: top-k in float16, exact values recomputed below
                 if exclude_self and c < b and a < e:  # the diagonal of this tile: own index -> -inf
                     r = torch.arange(max(a, c), min(b, e), device=dev)
                     S[r - a, r - c] = -float("inf")

@@ -31,7 +31,7 @@ from tusss.errors import InputError
 from tusss.validate import check_finite
 
 __all__ = ["CGInfo", "BACKENDS", "block_cg", "block_cg_torch", "propagate", "cupy_available", "rcm_permutation",
-           "permute_symmetric", "torch_csr"]
+           "permute_symmetric", "torch_csr", "propagate_torch"]
 
 BACKENDS = ("auto", "torch", "numpy", "cupy")
 
@@ -276,6 +276,28 @@ def _torch_device(device):
     return torch.device(device)
 
 
+def propagate_torch(S, B, alpha: float = 0.9, *, tol: float = 1e-6, maxiter: int = 200, clip_negative: bool = True,
+                    warn: bool = True):
+    """Eq. 1 on tensors already on the device: ``S`` (N, N) torch CSR (e.g. from
+    :func:`tusss.glcc.knn.knn_graph_torch` or :func:`torch_csr`), ``B`` (N, K) dense tensor of S's dtype and
+    device. Returns P* (N, K) tensor and :class:`CGInfo` (no reordering, no host copies of the graph)."""
+    import torch
+
+    if not 0.0 <= alpha < 1.0:
+        raise InputError(f"alpha must be in [0, 1), got {alpha}")
+    if B.ndim != 2 or B.shape[0] != S.shape[0] or S.shape[0] != S.shape[1]:
+        raise InputError(f"B {tuple(B.shape)} must be (N, K) with N = {S.shape[0]} rows of the graph")
+
+    def tmatvec(V):
+        return torch.addmm(V, S, V, alpha=-alpha)  # V - alpha S V, one SpMM
+
+    with torch.inference_mode():
+        X, info = block_cg_torch(tmatvec, B, tol=tol, maxiter=maxiter, warn=warn)
+        if clip_negative:
+            X.clamp_(min=0.0)
+    return X, info
+
+
 def propagate(
     S: sp.spmatrix,
     Pc: np.ndarray,
@@ -335,15 +357,8 @@ def propagate(
         St = torch_csr(S, dev, tdtype)
         B = torch.from_numpy(np.ascontiguousarray(Pc)).to(device=dev, dtype=tdtype)
         t1 = time.perf_counter()
-
-        def tmatvec(V):
-            return torch.addmm(V, St, V, alpha=-alpha)  # V - alpha S V, one SpMM
-
-        with torch.inference_mode():
-            Xt, info = block_cg_torch(tmatvec, B, tol=tol, maxiter=maxiter)
-            if clip_negative:
-                Xt.clamp_(min=0.0)
-            X = Xt.cpu().numpy()
+        Xt, info = propagate_torch(St, B, alpha, tol=tol, maxiter=maxiter, clip_negative=clip_negative)
+        X = Xt.cpu().numpy()
         if perm is not None:
             out = np.empty_like(X)
             out[perm] = X
