@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from _tiny_datasets import make_voc
+from segment_anything.utils.amg import batched_mask_to_box, box_xyxy_to_xywh
 
 from tusss.cli import main
 from tusss.clip.model import DBAClip
@@ -79,11 +80,37 @@ def test_embed_fit_predict_pseudo_label(voc):
     np.testing.assert_array_equal(meta.mask_index[rows], keep)
     np.testing.assert_allclose(meta.gt_frac[rows], vote_fractions(ms.masks[keep], ds.label(i0), 21))
 
-    # resumable: a second run embeds nothing
-    rc = main(["embed", "--dataset", "voc", "--root", str(root), "--split", "train_aug", "--mask-cache",
-               str(tmp / "cache"), "--out", str(tmp / "store_train_aug"), "--dtype", "float32", "--shard-size", "40",
-               "--no-progress", *clip_args()])
-    assert rc == 0
+    # resumable: a second run embeds nothing (no DBA-CLIP call), writes no shard and changes no byte of the store
+    def snapshot(d):
+        return {q: (q.read_bytes(), None if q.name == "index.json" else q.stat().st_mtime_ns)
+                for q in d.rglob("*") if q.is_file()}  # fmt: skip
+
+    store_files = snapshot(tmp / "store_train_aug")
+    calls = []
+    real = DBAClip.embed_masks
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DBAClip, "embed_masks", counting)
+        rc = main(["embed", "--dataset", "voc", "--root", str(root), "--split", "train_aug", "--mask-cache",
+                   str(tmp / "cache"), "--out", str(tmp / "store_train_aug"), "--dtype", "float32", "--shard-size",
+                   "40", "--no-progress", *clip_args()])  # fmt: skip
+    assert rc == 0 and calls == []
+    assert snapshot(tmp / "store_train_aug") == store_files
+    # the counter does see embedding work: a store missing one image embeds exactly that image
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DBAClip, "embed_masks", counting)
+        rc = main(["embed", "--dataset", "voc", "--root", str(root), "--split", "train_aug", "--mask-cache",
+                   str(tmp / "cache"), "--out", str(tmp / "store_part"), "--dtype", "float32", "--limit", "1",
+                   "--no-progress", *clip_args()])  # fmt: skip
+        assert rc == 0 and len(calls) == 1
+        rc = main(["embed", "--dataset", "voc", "--root", str(root), "--split", "train_aug", "--mask-cache",
+                   str(tmp / "cache"), "--out", str(tmp / "store_part"), "--dtype", "float32", "--limit", "2",
+                   "--no-progress", *clip_args()])  # fmt: skip
+        assert rc == 0 and len(calls) == 2
 
     model = tmp / "model"
     assert main(["fit", "--store", str(tmp / "store_train_aug"), "--supervision", "full", "--out", str(model),
@@ -98,6 +125,14 @@ def test_embed_fit_predict_pseudo_label(voc):
         js = json.loads((tmp / "pred" / "masks" / f"{i}.json").read_text())
         assert [d["label"] for d in js["masks"]] == scores[vm.image_id == i].argmax(1).tolist()
         assert read_label(tmp / "pred" / "labels" / f"{i}.png").shape == (20, 28)
+        # the per-mask schema of `tusss segment`, with each record describing its cached mask (naive numpy)
+        cached = MaskCache(tmp / "cache", "handmade").get(i).masks[vm.mask_index[vm.image_id == i]]
+        assert js["id"] == i and js["image_hw"] == [20, 28] and js["num_masks"] == len(cached) == len(js["masks"])
+        boxes = [box_xyxy_to_xywh(b).tolist() for b in batched_mask_to_box(torch.from_numpy(cached))]  # SAM's
+        for rec, mk, box in zip(js["masks"], cached, boxes):
+            assert set(rec) == {"index", "label", "class", "conf", "level", "area", "bbox_xywh", "predicted_iou"}
+            assert rec["area"] == int(mk.sum()) and rec["class"] == js["class_names"][rec["label"]]
+            assert rec["bbox_xywh"] == box
     assert main(["eval", "--dataset", "voc", "--root", str(root), "--split", "val", "--pred", str(tmp / "pred"),
                  "--no-progress"]) == 0
     assert main(["pseudo-label", "--model", str(model), "--store", str(tmp / "store_train_aug"), "--mask-cache",

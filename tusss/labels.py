@@ -5,15 +5,22 @@
 * :func:`paint_labels`: masks sorted ascending by (level, conf) and painted in that order, so on overlaps
   the higher level wins, ties broken by higher confidence (then by the later mask index); pixels covered by
   no mask get ``fill`` (0: background for VOC/COCO-Object, class 0 for no-background datasets).
+* :func:`masks_json`: the one per-mask JSON schema (``OUT/masks/{id}.json`` of every command that labels
+  masks; :func:`tusss.evaluation.evaluate` reads it back).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tusss.errors import InputError
 
-__all__ = ["paint_labels", "paint_order", "vote_fractions", "vote_labels"]
+if TYPE_CHECKING:  # pragma: no cover
+    from tusss.masks.maskset import MaskSet
+
+__all__ = ["masks_json", "paint_labels", "paint_order", "vote_fractions", "vote_labels"]
 
 
 def _check_mask_stack(masks: object, name: str = "masks") -> np.ndarray:
@@ -121,3 +128,51 @@ def paint_labels(
     for m in order:
         out[masks[m]] = labels[m]
     return out
+
+
+def masks_json(
+    labels: np.ndarray,
+    conf: np.ndarray,
+    masks: MaskSet,
+    class_names: tuple[str, ...] | list[str] | None,
+    scores: np.ndarray | None = None,
+    **header: Any,
+) -> dict[str, Any]:
+    """The per-mask JSON document of one image (the one schema of every command that writes mask labels).
+
+    Args:
+        labels: (M,) integer class of each mask.
+        conf: (M,) float score of the chosen class.
+        masks: the :class:`~tusss.masks.maskset.MaskSet` the labels refer to (M masks, in that order).
+        class_names: the K class names (``labels`` index them); None when unknown (``class`` is then null).
+        scores: optional (M, K) float per-class scores (written as ``"scores"`` of each mask).
+        header: leading fields of the document (e.g. ``id``, ``image``, ``fill``, ``mask_config_hash``).
+
+    Returns:
+        ``{**header, "image_hw": [H, W], "class_names": [...], "num_masks": M, "masks": [{"index", "label",
+        "class", "conf", "level", "area", "bbox_xywh", "predicted_iou"[, "scores"]}, ...]}``.
+    """
+    labels = np.asarray(labels)
+    conf = np.asarray(conf)
+    M = len(labels)
+    if len(conf) != M or len(masks) != M or (scores is not None and len(scores) != M):
+        raise InputError(f"masks_json: {M} labels, {len(conf)} confidences, {len(masks)} masks"
+                         + ("" if scores is None else f", {len(scores)} score rows") + " (must all agree)")  # fmt: skip
+    out = []
+    for m in range(M):
+        d: dict[str, Any] = {
+            "index": m,
+            "label": int(labels[m]),
+            "class": None if class_names is None else class_names[int(labels[m])],
+            "conf": float(conf[m]),
+            "level": int(masks.level[m]),
+            "area": int(masks.area[m]),
+            "bbox_xywh": [int(x) for x in masks.bbox[m]],
+            "predicted_iou": float(masks.predicted_iou[m]),
+        }
+        if scores is not None:
+            d["scores"] = [float(x) for x in scores[m]]
+        out.append(d)
+    names = None if class_names is None else list(class_names)
+    return {**header, "image_hw": list(masks.image_hw), "class_names": names, "num_masks": M,
+            "masks": out}  # fmt: skip

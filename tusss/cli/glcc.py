@@ -152,14 +152,19 @@ def _scores_per_image(args: argparse.Namespace):
 def _paint(cache, img_id: str, mask_index: np.ndarray, labels: np.ndarray, conf: np.ndarray):
     from tusss.labels import paint_labels
 
+    ms = _stored_masks(cache, img_id, mask_index)
+    return paint_labels(ms.masks, labels, ms.level, conf, fill=0)
+
+
+def _stored_masks(cache, img_id: str, mask_index: np.ndarray):
+    """The cached masks of ``img_id`` that the store holds embeddings of (``mask_index``), in store order."""
     ms = cache.get(img_id)
     if ms is None:
         raise InputError(f"mask cache has no masks for {img_id!r}")
     if len(mask_index) and (mask_index.min() < 0 or mask_index.max() >= len(ms)):
         raise InputError(f"the store's mask indices of {img_id!r} do not fit the {len(ms)} cached masks (other "
                          "mask cache?)")
-    ms = ms.subset(mask_index)
-    return paint_labels(ms.masks, labels, ms.level, conf, fill=0)
+    return ms.subset(mask_index)
 
 
 def _per_image(args: argparse.Namespace, command: str, out: Path, one) -> int:
@@ -194,11 +199,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
 
     def one(m, meta, scores, cache, a: int, b: int, i: str) -> None:
+        from tusss.labels import masks_json, paint_labels
+
         s = scores[a:b]
         labels, conf = s.argmax(1), s.max(1)
-        write_label_png(out / "labels" / f"{i}.png", _paint(cache, i, meta.mask_index[a:b], labels, conf))
-        js = {"id": i, "num_masks": b - a, "fill": 0, "class_names": m.class_names,
-              "masks": [{"label": int(lb), "conf": float(c)} for lb, c in zip(labels, conf)]}
+        ms = _stored_masks(cache, i, meta.mask_index[a:b])
+        write_label_png(out / "labels" / f"{i}.png", paint_labels(ms.masks, labels, ms.level, conf, fill=0))
+        js = masks_json(labels, conf, ms, m.class_names, id=i, fill=0)  # the schema of `tusss segment`
         atomic_write_text(out / "masks" / f"{i}.json", json.dumps(js))
 
     return _per_image(args, "predict", out, one)
