@@ -1,0 +1,161 @@
+"""`tusss run --recipe ...` on a tiny VOC layout with tiny models (tusss-tiny CLIP, random weights; masks from a
+counting grid generator through the runner's mask_generator hook): finishes, resumes after an interrupt
+without recomputing finished stages (calls counted), a second run is a no-op; results equal an independent
+recomputation (GLCC.load(...).predict + tusss.evaluation.evaluate on the written predictions)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from _tiny_datasets import make_voc
+
+from tusss.masks.maskset import MaskSet
+from tusss.recipes import load_recipe
+from tusss.recipes.runner import RecipeRunner, glcc_config, weak_image_labels
+
+TINY = ["clip.model=tusss-tiny", "clip.weights=random",
+        "clip.opts={target_size = 64, window_sizes = [32], stride_divisor = 1}",
+        "probe.base_iters=20", "probe.base_warmup=2", "probe.batch_size=16", "glcc.k_bar=3"]
+
+
+@dataclass
+class _Cfg:
+    def to_dict(self) -> dict:
+        return {"kind": "grid 5x7"}
+
+
+class GridGenerator:
+    """Stand-in for SAM: 5 x 7 pixel blocks as masks (3 levels), counting its calls."""
+
+    config_hash = "grid-5x7-test"
+    model_type = "grid"
+    weights_id = "none"
+    config = _Cfg()
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, image: np.ndarray) -> MaskSet:
+        self.calls += 1
+        h, w = image.shape[:2]
+        ms = []
+        for y in range(0, h, 5):
+            for x in range(0, w, 7):
+                m = np.zeros((h, w), bool)
+                m[y:y + 5, x:x + 7] = True
+                ms.append(m)
+        M = len(ms)
+        return MaskSet(np.stack(ms), np.arange(M) % 3, np.ones(M), np.ones(M))
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipes_run") / "VOC2012"
+    make_voc(root, {"train_aug": [f"2007_{i:06d}" for i in range(6)], "val": ["2008_000001", "2008_000002"]})
+    return root
+
+
+def test_run_weak_resume_and_noop(voc_root, tmp_path, monkeypatch):
+    from tusss.clip.model import DBAClip
+    from tusss.glcc.model import GLCC
+
+    recipe = load_recipe("voc-weak", TINY + ["glcc.k=[5, 3]"])
+    gen = GridGenerator()
+    calls = {"embed": 0, "fit": 0}
+    real_embed, real_fit = DBAClip.embed_masks, GLCC.fit
+
+    def embed(self, image, masks, *a, **k):
+        calls["embed"] += 1
+        if calls.get("interrupt_at") == calls["embed"]:
+            raise KeyboardInterrupt
+        return real_embed(self, image, masks, *a, **k)
+
+    def fit(self, *a, **k):
+        calls["fit"] += 1
+        return real_fit(self, *a, **k)
+
+    monkeypatch.setattr(DBAClip, "embed_masks", embed)
+    monkeypatch.setattr(GLCC, "fit", fit)
+    work = tmp_path / "work"
+
+    def runner():
+        return RecipeRunner(recipe, voc_root, work, mask_generator=gen, shard_size=1, log=None)
+
+    calls["interrupt_at"] = 4  # Ctrl-C while embedding the 4th training image
+    with pytest.raises(KeyboardInterrupt):
+        runner().run()
+    assert gen.calls == 8 and calls["fit"] == 0  # all masks were made before the embed stage
+
+    calls.update(embed=0, interrupt_at=None)
+    res = runner().run()
+    assert gen.calls == 8  # masks stage skipped
+    assert calls["embed"] == 3 + 2  # the 3 unfinished training images, then the 2 val images
+    assert calls["fit"] == 1
+    assert res.stages == {"masks": "skipped", "embed_train": "done", "embed_eval": "done", "fit": "done",
+                          "predict": "done", "eval": "done"}
+
+    calls.update(embed=0, fit=0)
+    again = runner().run()  # a second run is a no-op
+    assert gen.calls == 8 and calls == {"embed": 0, "fit": 0, "interrupt_at": None}
+    assert set(again.stages.values()) == {"skipped"}
+    assert again.metrics == res.metrics
+    assert "mIoU" in again.table and "81.8" in again.table and "75.3" in again.table
+
+    # the written predictions are GLCC.load(fit).predict of the val store, and the metrics are evaluate()'s
+    from tusss.data.datasets import get_dataset
+    from tusss.data.store import EmbeddingStore
+    from tusss.evaluation import evaluate
+    from tusss.masks.cache import open_mask_cache
+
+    p = res.paths
+    m = GLCC.load(p["fit"])
+    assert m.kind_ == "weak" and m.k_graph_ == 3
+    st = EmbeddingStore(p["embed_eval"])
+    meta = st.metadata()
+    s = m.predict(st.embeddings())
+    for i in st.image_ids:
+        js = json.loads((work / "predict" / p["predict"].split("/")[-1] / "masks" / f"{i}.json").read_text())
+        assert [d["label"] for d in js["masks"]] == s[meta.image_id == i].argmax(1).tolist()
+    ref = evaluate(get_dataset("voc", voc_root, "val"), p["predict"], open_mask_cache(p["masks"]))
+    assert res.miou == pytest.approx(ref["mIoU"]) and res.mask_f1 == pytest.approx(ref["mask"]["F1"])
+
+    # changing a predict-time field (combine.w) refits nothing; changing k refits
+    calls.update(embed=0, fit=0)
+    r2 = RecipeRunner(recipe.with_overrides(["combine.w=0.5"]), voc_root, work, mask_generator=gen, shard_size=1,
+                      log=None).run()
+    assert calls["fit"] == 0 and r2.stages["predict"] == "done" and r2.stages["fit"] == "skipped"
+    RecipeRunner(recipe.with_overrides(["glcc.k=[4, 3]"]), voc_root, work, mask_generator=gen, log=None).run()
+    assert calls["fit"] == 1 and calls["embed"] == 0
+
+
+def test_full_and_ov_recipes_run(voc_root, tmp_path):
+    gen = GridGenerator()
+    full = RecipeRunner(load_recipe("voc-full", TINY + ["glcc.k=[5]"]), voc_root, tmp_path / "w", mask_generator=gen,
+                        log=None).run()
+    assert np.isfinite(full.miou) and "84.2" in full.table
+    assert glcc_config(load_recipe("voc-full")).combine.w == 2.0
+    ov = RecipeRunner(load_recipe("ov-voc21", TINY), voc_root, tmp_path / "w", mask_generator=gen, log=None).run()
+    assert "fit" not in ov.stages and np.isfinite(ov.miou) and "74.3" in ov.table
+    # the masks of val were cached by the first run: the ov run generated none
+    assert gen.calls == 8
+
+
+def test_weak_image_labels_come_from_the_gt_not_from_the_masks(voc_root, tmp_path):
+    """A class present in the GT but covered by no mask is kept (the old code took the classes of the masks'
+    GT fractions and lost it)."""
+    from tusss.data.datasets import get_dataset
+    from tusss.labels import vote_fractions
+
+    ds = get_dataset("voc", voc_root, "train_aug")
+    i = ds.ids[0]
+    gt = ds.label(i)
+    present = sorted(set(np.unique(gt).tolist()) - {0, 255})
+    lost = present[-1]
+    masks = np.stack([(gt != lost) & (gt != 255)])  # one mask that covers everything but the class `lost`
+    old = np.flatnonzero((vote_fractions(masks, gt, 21)[:, 1:] > 0).any(0))  # the old rule, kept here
+    assert lost - 1 not in old.tolist()
+    new = weak_image_labels(ds, [i])[0]
+    assert new.tolist() == [c - 1 for c in present]
