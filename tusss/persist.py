@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import secrets
@@ -129,10 +130,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     tmp = _tmp_name(p)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+        raw = os.fdopen(fd, "wb")
+        with raw if mode == "wb" else io.TextIOWrapper(raw, encoding="utf-8") as f:  # type: ignore[arg-type]
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(raw.fileno())
         os.replace(tmp, p)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -193,6 +195,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead(p.parent.glob(f".{glob_escape(p.name)}.*{TMP_SUFFIX}"))  # leftovers of killed saves of p
     tmp = _tmp_name(p)
     tmp.mkdir()
     try:
@@ -233,8 +236,17 @@ def remove_stale_temps(root: str | os.PathLike, recursive: bool = True) -> list[
     r = Path(root)
     if not r.is_dir():
         return []
+    return _remove_dead(r.rglob(f".*{TMP_SUFFIX}") if recursive else r.glob(f".*{TMP_SUFFIX}"))
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with the glob metacharacters ``*?[`` escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _remove_dead(paths: Iterator[Path]) -> list[Path]:
     out = []
-    for q in r.rglob(f".*{TMP_SUFFIX}") if recursive else r.glob(f".*{TMP_SUFFIX}"):
+    for q in list(paths):
         parts = q.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
         try:
             pid = int(parts[-2])

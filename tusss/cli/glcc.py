@@ -28,7 +28,7 @@ import numpy as np
 from tusss.cli.common import add_clip_args, add_common, build_clip, progress
 from tusss.cli.faults import add_fault_args
 from tusss.errors import InputError
-from tusss.persist import FailureLog, atomic_write_text, fault_point, remove_stale_temps
+from tusss.persist import FailureLog, ItemFailedError, atomic_write_text, fault_point, remove_stale_temps
 from tusss.weights import WEIGHT_SOURCE_HELP
 
 __all__ = ["register"]
@@ -68,15 +68,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     n_new = 0
     fault_point("embed")  # test hook (TUSSS_FAULT_KILL_AFTER)
-    for i in progress(ids, len(ids), "embed", not args.no_progress):
-        if i in done:
-            continue
-        ok, _ = log.attempt(i, embed_one, i)
-        if not ok:
-            print(f"embed: skipped {i}: {log.failures[i]}", file=sys.stderr)
-            continue
-        n_new += 1
-        fault_point("embed")
+    try:
+        for i in progress(ids, len(ids), "embed", not args.no_progress):
+            if i in done:
+                continue
+            ok, _ = log.attempt(i, embed_one, i)
+            if not ok:
+                print(f"embed: skipped {i}: {log.failures[i]}", file=sys.stderr)
+                continue
+            n_new += 1
+            fault_point("embed")
+    except ItemFailedError:
+        w.flush()  # --fail-fast: keep the images done before the bad one (the store stays incomplete)
+        raise
     w.close()
     log.close()
     print(f"embed: {n_new} image(s) embedded, {len(done)} already stored"

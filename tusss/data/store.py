@@ -293,7 +293,10 @@ class EmbeddingStore:
         elif out.shape != (self.num_rows, self.dim):
             raise InputError(f"out must be ({self.num_rows}, {self.dim}), got {out.shape}")
         for i in range(len(self.shards)):
-            out[self.offsets[i]:self.offsets[i + 1]] = self.shard(i)
+            part = out[self.offsets[i]:self.offsets[i + 1]]
+            part[...] = self.shard(i)
+            if part.size and not np.isfinite(part).all():
+                raise corrupt(self.root / self.shards[i]["emb"], "embedding shard holds NaN or infinite values", _FIX)
         return out
 
     def metadata(self) -> ShardMeta:
