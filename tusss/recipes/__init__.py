@@ -13,7 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from tusss.errors import InputError
 from tusss.recipes.schema import KINDS, SCHEMA, Recipe, dumps_recipe, parse_recipe, parse_value

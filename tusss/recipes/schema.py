@@ -25,7 +25,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from tusss.errors import InputError
 
