@@ -207,3 +207,82 @@ def test_pool_config_resources():
     with pytest.raises(Exception, match="GPU"):
         PoolConfig(gpus_per_actor=1).resolve(8, 0)
     assert PoolConfig().num_blocks(10) == 10 and PoolConfig().num_blocks(4096) == 2048
+
+
+MASK_OPTS = {"points_per_side": 3, "crop_n_layers": 0, "pred_iou_thresh": -10, "stability_score_thresh": -10,
+             "min_mask_region_area": 0, "box_nms_thresh": 1.0, "rock_sand_water_thresh": None}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _png(arr: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_serve_deployment_answers_segment_on_loopback(cluster):
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    from ray import serve
+
+    from tusss.distributed.serve import run
+    from tusss.predictor import Predictor
+
+    pred = {"sam": "vit_tiny", "checkpoint": "random", "clip": "tusss-tiny", "weights": "random",
+            "classes": "cat,dog", "mask_options": MASK_OPTS}
+    port = _free_port()
+    run({**pred, "max_batch_size": 4, "batch_wait_timeout_s": 1.0, "num_cpus": 0.5}, host="127.0.0.1", port=port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert httpx.get(base + "/healthz", timeout=60).json() == {"status": "ok"}
+        r = httpx.get(base + "/readyz", timeout=60)
+        assert r.status_code == 200 and r.json()["ready"] is True
+        rng = np.random.default_rng(3)
+        images = [rng.integers(0, 255, (30 + 4 * k, 44, 3), dtype=np.uint8) for k in range(3)]
+        ref = Predictor.from_pretrained(**pred)  # the same seeded random weights as the replica
+        want = [ref.predict(im) for im in images]
+
+        def post(im: np.ndarray, fmt: str = "json") -> httpx.Response:
+            return httpx.post(base + f"/v1/segment?format={fmt}", files={"image": ("x.png", _png(im), "image/png")},
+                              timeout=120)
+
+        with ThreadPoolExecutor(3) as ex:  # concurrent requests: one @serve.batch call
+            got = list(ex.map(post, images))
+        sizes = []
+        for r, w, im in zip(got, want, images):
+            assert r.status_code == 200, r.text
+            js = r.json()
+            assert js["image_hw"] == list(im.shape[:2]) and js["class_names"] == ["background", "cat", "dog"]
+            assert js["num_masks"] == len(w.labels) > 0
+            assert [m["label"] for m in js["masks"]] == w.labels.tolist()
+            np.testing.assert_allclose([m["score"] for m in js["masks"]], w.conf, rtol=1e-4, atol=1e-5)
+            rles = [{"size": m["rle"]["size"], "counts": m["rle"]["counts"].encode()} for m in js["masks"]]
+            np.testing.assert_array_equal(mask_utils.decode(rles).transpose(2, 0, 1).astype(bool), w.masks.masks)
+            sizes.append(js["timings"]["batch_size"])
+        assert max(sizes) >= 2, sizes  # requests were batched by @serve.batch
+        r = post(images[0], "png")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), want[0].label_map)
+        # bad input: a clear 4xx, and the replica keeps serving
+        r = httpx.post(base + "/v1/segment", files={"image": ("x.png", b"not an image", "image/png")}, timeout=60)
+        assert r.status_code == 400 and "cannot be decoded" in r.json()["error"]
+        r = httpx.post(base + "/v1/segment", timeout=60)
+        assert r.status_code == 400 and "image" in r.json()["error"]
+        assert httpx.get(base + "/v1/info", timeout=60).json()["ray_serve"]["calls"]["images"] >= 4
+    finally:
+        serve.shutdown()

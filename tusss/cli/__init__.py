@@ -9,6 +9,9 @@ Subcommands (``tusss COMMAND --help`` for the options of each)::
     tusss fit          --store STORE --supervision full|semi|weak --out MODEL             (tusss.cli.glcc)
     tusss predict      --model MODEL --store STORE --mask-cache DIR --out DIR              (tusss.cli.glcc)
     tusss pseudo-label --model MODEL --store STORE --mask-cache DIR --out DIR              (tusss.cli.glcc)
+    tusss run          --recipe NAME --root DIR --work DIR [--set KEY=VALUE]             (tusss.cli.run)
+    tusss tune         --recipe NAME --root DIR --work DIR [--field KEY]                 (tusss.cli.run)
+    tusss recipes      [list | show NAME]                                                (tusss.cli.run)
 
 Adding a command: write a module ``tusss/cli/NAME.py`` with ``register(subparsers)`` (it adds its parsers
 with ``subparsers.add_parser`` and sets ``func`` to a function ``(args) -> exit status``; shared options
@@ -31,6 +34,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "tusss.cli.ov",
     "tusss.cli.glcc",
+    "tusss.cli.run",
     "tusss.cli.ray_options",  # adds --ray to masks/embed (must follow the modules that define them)
 )
 
