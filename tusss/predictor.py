@@ -316,6 +316,45 @@ class Predictor:
                    else np.zeros((0, self.clip.embed_dim), np.float32))
         return ms, emb
 
+    def _embed_batch(self, images: list[np.ndarray], given: list[MaskSet | None], tm: dict[str, float]
+                     ) -> tuple[list[MaskSet], list[np.ndarray]]:
+        """Masks (batched SAM encoder) + embeddings (batched DBA-CLIP passes); caller holds the lock."""
+        t0 = time.perf_counter()
+        todo = [i for i, m in enumerate(given) if m is None]
+        sets: list[MaskSet] = list(given)  # type: ignore[arg-type]
+        if todo:
+            gen = self.mask_generator
+            made = (gen.generate_batch([images[i] for i in todo]) if len(todo) > 1
+                    else [gen.generate(images[todo[0]])])
+            for i, ms in zip(todo, made):
+                sets[i] = ms
+        sets = [_drop_empty(ms) for ms in sets]
+        t1 = time.perf_counter()
+        tm["masks"] = t1 - t0
+        nz = [i for i, ms in enumerate(sets) if len(ms)]
+        embs = [np.zeros((0, self.clip.embed_dim), np.float32) for _ in images]
+        if len(nz) > 1:
+            for i, e in zip(nz, self.clip.embed_masks_batch([images[i] for i in nz], [sets[i].masks for i in nz])):
+                embs[i] = e
+        elif nz:
+            embs[nz[0]] = self.clip.embed_masks(images[nz[0]], sets[nz[0]].masks)
+        tm["embed"] = time.perf_counter() - t1
+        return sets, embs
+
+    def embed_batch(self, images: list[np.ndarray], masks: list[MaskSet | None] | None = None
+                    ) -> list[tuple[MaskSet, np.ndarray]]:
+        """:meth:`embed` of several images, heavy stages batched: list of (MaskSet, (M, D) float32)."""
+        if not isinstance(images, (list, tuple)) or not images:
+            raise InputError("images must be a non-empty list of (H, W, 3) uint8 arrays")
+        images = [check_image(im) for im in images]
+        masks = list(masks) if masks is not None else [None] * len(images)
+        if len(masks) != len(images):
+            raise InputError(f"{len(images)} images but {len(masks)} mask sets")
+        given = [self._check_masks(im, m) for im, m in zip(images, masks)]
+        with self.lock:
+            sets, embs = self._embed_batch(images, given, {})
+        return list(zip(sets, embs))
+
     def predict(self, image: np.ndarray, masks: MaskSet | None = None,
                 classes: str | list[str] | None = None) -> Segmentation:
         """Segment one image.
@@ -347,28 +386,8 @@ class Predictor:
         clf = self.classifier_for(classes)
         tm: dict[str, float] = {}
         with self.lock:
-            t0 = time.perf_counter()
-            todo = [i for i, m in enumerate(given) if m is None]
-            sets: list[MaskSet] = list(given)  # type: ignore[arg-type]
-            if todo:
-                gen = self.mask_generator
-                made = gen.generate_batch([images[i] for i in todo]) if len(todo) > 1 else [gen.generate(
-                    images[todo[0]])]
-                for i, ms in zip(todo, made):
-                    sets[i] = ms
-            sets = [_drop_empty(ms) for ms in sets]
-            t1 = time.perf_counter()
-            tm["masks"] = t1 - t0
-            nz = [i for i, ms in enumerate(sets) if len(ms)]
-            D = self.clip.embed_dim
-            embs = [np.zeros((0, D), np.float32) for _ in images]
-            if len(nz) > 1:
-                for i, e in zip(nz, self.clip.embed_masks_batch([images[i] for i in nz], [sets[i].masks for i in nz])):
-                    embs[i] = e
-            elif nz:
-                embs[nz[0]] = self.clip.embed_masks(images[nz[0]], sets[nz[0]].masks)
+            sets, embs = self._embed_batch(images, given, tm)
             t2 = time.perf_counter()
-            tm["embed"] = t2 - t1
             allemb = np.concatenate(embs, 0)
             scores, labels, conf = clf.classify(allemb) if len(allemb) else (
                 np.zeros((0, clf.num_classes), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))

@@ -12,6 +12,7 @@ Subcommands (``tusss COMMAND --help`` for the options of each)::
     tusss run          --recipe NAME --root DIR --work DIR [--set KEY=VALUE]             (tusss.cli.run)
     tusss tune         --recipe NAME --root DIR --work DIR [--field KEY]                 (tusss.cli.run)
     tusss recipes      [list | show NAME]                                                (tusss.cli.run)
+    tusss serve        --classes a,b | --vocabulary V | --glcc DIR  [--engine DIR]         (tusss.cli.serve)
 
 Adding a command: write a module ``tusss/cli/NAME.py`` with ``register(subparsers)`` (it adds its parsers
 with ``subparsers.add_parser`` and sets ``func`` to a function ``(args) -> exit status``; shared options
@@ -35,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tusss.cli.ov",
     "tusss.cli.glcc",
     "tusss.cli.run",
+    "tusss.cli.serve",
     "tusss.cli.ray_options",  # adds --ray to masks/embed (must follow the modules that define them)
 )
 
