@@ -159,3 +159,55 @@ def test_weak_image_labels_come_from_the_gt_not_from_the_masks(voc_root, tmp_pat
     assert lost - 1 not in old.tolist()
     new = weak_image_labels(ds, [i])[0]
     assert new.tolist() == [c - 1 for c in present]
+
+
+def _tiny_set_args(extra=()):
+    out = []
+    for s in [*TINY, *extra]:
+        out += ["--set", s]
+    return out
+
+
+def test_cli_run_fit_tune(voc_root, tmp_path, capsys):
+    """`tusss run` reuses what the library run left (masks came from the grid generator), `tusss fit --recipe`
+    fits the same GLCC as the run's fit stage, and `tusss tune` labels its output "tuned on ground truth"."""
+    from tusss.cli import main
+    from tusss.glcc.model import GLCC
+
+    work = tmp_path / "w"
+    gen = GridGenerator()
+    lib = RecipeRunner(load_recipe("voc-weak", TINY + ["glcc.k=[5, 3]"]), voc_root, work, mask_generator=gen,
+                       log=None).run()
+    capsys.readouterr()
+    args = ["run", "--recipe", "voc-weak", "--root", str(voc_root), "--work", str(work), "--no-progress",
+            *_tiny_set_args(["glcc.k=[5, 3]"])]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "81.8" in out and f"{100 * lib.miou:.1f}" in out
+
+    # tusss fit --recipe on the run's training store = the run's fit stage (GT image labels via the store's root)
+    model = tmp_path / "model"
+    assert main(["fit", "--store", lib.paths["embed_train"], "--recipe", "voc-weak", "--out", str(model),
+                 "--weights", "random", "--no-progress", *_tiny_set_args(["glcc.k=[5, 3]"])]) == 0
+    a, b = GLCC.load(model), GLCC.load(lib.paths["fit"])
+    np.testing.assert_allclose(a.pstar_, b.pstar_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.probe_.weight.numpy(), b.probe_.weight.numpy(), rtol=1e-5, atol=1e-6)
+    assert main(["fit", "--store", lib.paths["embed_train"], "--recipe", "voc-weak", "--supervision", "full",
+                 "--out", str(tmp_path / "m2")]) == 1  # contradicts the recipe
+    capsys.readouterr()
+
+    # tune: the authors' grid of the VOC21 OV background exponent, on GT
+    assert main(["tune", "--recipe", "ov-voc21", "--root", str(voc_root), "--work", str(work), "--no-progress",
+                 "--out", str(tmp_path / "tune.json"), *_tiny_set_args()]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[tuned on ground truth]") == 5 and "TUNED ON GROUND TRUTH" in out
+    res = json.loads((tmp_path / "tune.json").read_text())
+    best = max(res["trials"], key=lambda t: t["mIoU"])
+    assert res["best"]["text.bg"] == best["value"] and res["label"] == "tuned on ground truth"
+    plain = RecipeRunner(load_recipe("ov-voc21", TINY), voc_root, work, log=None).run()  # alpha 1 = first trial
+    assert res["trials"][0]["mIoU"] == pytest.approx(plain.miou)
+    assert main(["recipes"]) == 0 and "voc-semi-1-16" in capsys.readouterr().out
+    assert main(["recipes", "show", "voc-weak", "--set", "combine.w=2.5"]) == 0
+    assert "w = 2.5" in capsys.readouterr().out
+    assert main(["run", "--recipe", "voc-wek", "--root", str(voc_root), "--work", str(work)]) == 1
+    assert "did you mean 'voc-weak'" in capsys.readouterr().err

@@ -3,8 +3,9 @@
 ::
 
     tusss embed --dataset voc --root DIR --split train_aug --mask-cache MASKS --out STORE
-                [--clip ViT-B-16 --weights openai --clip-preset reference --dtype float16 --shard-size 65536]
+                [--clip ViT-B-16 --weights openai --clip-preset reference --dtype float32 --shard-size 65536]
     tusss fit   --store STORE --supervision full|semi|weak --out MODEL
+                [--recipe NAME_OR_FILE --set KEY=VALUE]   (GLCC settings of a recipe, see `tusss run`)
                 [--labeled-ids FILE]                      (semi: ids of the labelled images)
                 [--vocabulary voc --weights openai]       (weak: zero-shot scores with dustbin bg names)
                 [--k 50 --alpha 0.9 --rounds R --k-bar K --probe-iters 10000 --knn-backend torch]
@@ -46,7 +47,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cache = open_mask_cache(args.mask_cache)
     has_gt = not args.no_gt and ds.label(ids[0]) is not None
     clip = build_clip(args.clip, args.weights, args.clip_preset, args.device, args.clip_opt, args.seed)
-    meta = {"dataset": args.dataset, "split": args.split, "clip": args.clip, "weights": args.weights,
+    meta = {"dataset": args.dataset, "split": args.split, "root": str(Path(args.root).resolve()),
+            "ids_file": str(Path(args.ids_file).resolve()) if args.ids_file else None,
+            "clip": args.clip, "weights": args.weights,
             "clip_preset": args.clip_preset, "clip_opt": args.clip_opt or [], "mask_config_hash": cache.config_hash,
             "class_names": list(ds.class_names), "has_background": bool(ds.has_background)}
     w = StoreWriter(args.out, clip.model.visual.output_dim, dtype=args.dtype,
@@ -90,9 +93,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _load_store(path: str):
     from tusss.data.store import EmbeddingStore
+    from tusss.glcc.knn import RowBlocks
 
     st = EmbeddingStore(path)
-    return st, st.embeddings(np.float32), st.metadata()
+    # the memory-mapped shards as one (N, D) row view: never concatenated, never all in float32
+    return st, RowBlocks([st.shard(i) for i in range(len(st.shards))]), st.metadata()
+
+
+def _chunked(fn, X, chunk: int = 65536) -> np.ndarray:
+    """``fn`` applied to float32 row chunks of the (N, D) row view ``X``, results concatenated."""
+    return np.concatenate([fn(X.rows(a, min(len(X), a + chunk))) for a in range(0, len(X), chunk)])
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -107,8 +117,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise InputError(f"store {args.store} has no GT fractions: fit needs GT (full/semi) or GT image labels (weak)")
     off = group_offsets(meta.image_id)
     img_ids = [str(meta.image_id[a]) for a in off[:-1]]
-    cfg = GLCCConfig(k=args.k, alpha=args.alpha, rounds=args.rounds, k_bar=args.k_bar, knn_backend=args.knn_backend,
-                     probe=ProbeConfig(iters=args.probe_iters))
+    recipe = None
+    if args.recipe:  # the GLCC settings (and the supervision kind, vocabulary, scoring) of a recipe
+        from tusss.recipes import load_recipe
+        from tusss.recipes.runner import bg_method, fg_method, glcc_config
+
+        recipe = load_recipe(args.recipe, args.set)
+        if recipe.kind == "ov":
+            raise InputError(f"recipe {recipe.name!r} is open-vocabulary: there is no classifier to fit")
+        if args.supervision and args.supervision != recipe.kind:
+            raise InputError(f"--supervision {args.supervision} contradicts recipe {recipe.name!r} ({recipe.kind})")
+        args.supervision = recipe.kind
+        cfg = glcc_config(recipe)
+        cfg.knn_backend = args.knn_backend
+    elif args.set:
+        raise InputError("--set needs --recipe")
+    else:
+        if not args.supervision:
+            raise InputError("give --supervision full|semi|weak (or --recipe)")
+        cfg = GLCCConfig(k=args.k, alpha=args.alpha, rounds=args.rounds, k_bar=args.k_bar,
+                         knn_backend=args.knn_backend, probe=ProbeConfig(iters=args.probe_iters))
     kw: dict = {"has_bg": has_bg}
     if args.supervision in ("full", "semi"):
         kw["gt_fractions"] = meta.gt_frac
@@ -122,16 +150,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.supervision == "weak":
         from tusss.pipeline import resolve_class_set
 
-        cs = resolve_class_set(vocabulary=args.vocabulary)
+        vocabulary = recipe["text"]["vocabulary"] if recipe is not None else args.vocabulary
+        cs = resolve_class_set(vocabulary=vocabulary, templates=(recipe["text"]["templates"] or None)
+                               if recipe is not None else None)
         if cs.bg_mode != "dustbin":
             raise InputError(f"weak supervision needs a vocabulary with background dustbin names (e.g. voc, "
-                             f"coco-object), {args.vocabulary!r} has bg_mode {cs.bg_mode!r}")
+                             f"coco-object), {vocabulary!r} has bg_mode {cs.bg_mode!r}")
         clip = build_clip(info.get("clip", "ViT-B-16"), args.weights, info.get("clip_preset", "reference"),
                           args.device, info.get("clip_opt"), args.seed)
         text = clip.encode_text(list(cs.names), cs.templates)
-        kw["zero_shot_logits"] = clip.logits(X, text)
-        kw["image_labels"] = [np.flatnonzero((meta.gt_frac[a:b, 1:] > 0).any(0)) for a, b in zip(off[:-1], off[1:])]
+        kw["zero_shot_logits"] = _chunked(lambda x: clip.logits(x, text), X)
+        kw["image_labels"] = _gt_image_labels(args, info, img_ids)
         kw["num_classes"] = st.num_classes
+        if recipe is not None:
+            kw["fg_method"], kw["bg_method"] = fg_method(recipe["text"]["fg"]), bg_method(recipe["text"]["bg"])
     m = GLCC(cfg, class_names=info.get("class_names"))
     m.fit(X, meta.area, meta.image_id, args.supervision, progress=not args.no_progress, **kw)
     m.save(args.out)
@@ -141,15 +173,27 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gt_image_labels(args: argparse.Namespace, info: dict, img_ids: list[str]) -> list[np.ndarray]:
+    """Weak supervision's image-level labels: the classes of each image's ground truth (not the classes that
+    some mask covers), read from the dataset the store was embedded from (``--root`` or the store's root)."""
+    from tusss.data.datasets import get_dataset
+    from tusss.recipes.runner import weak_image_labels
+
+    root = args.root or info.get("root")
+    if not root or not info.get("dataset"):
+        raise InputError("weak supervision reads the image labels from the dataset's ground truth: give --root "
+                         "(the store records no dataset root)")
+    ds = get_dataset(info["dataset"], root, info.get("split", "train"), ids_file=info.get("ids_file"))
+    return weak_image_labels(ds, img_ids)
+
+
 def _scores_per_image(args: argparse.Namespace):
     from tusss.glcc.model import GLCC
     from tusss.supervision import group_offsets
 
     m = GLCC.load(args.model)
     st, X, meta = _load_store(args.store)
-    scores = np.zeros((len(X), m.num_classes), np.float32)
-    for a in range(0, len(X), 65536):
-        scores[a:a + 65536] = m.predict(X[a:a + 65536])
+    scores = _chunked(m.predict, X) if len(X) else np.zeros((0, m.num_classes), np.float32)
     return m, st, meta, scores, group_offsets(meta.image_id)
 
 
@@ -243,7 +287,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-cache", required=True, help="mask cache written by `tusss masks`")
     p.add_argument("--out", required=True, help="embedding store folder (resumed when it exists)")
     add_clip_args(p, title=None)
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="embedding dtype on disk (default float32, as the authors store them)")
     p.add_argument("--shard-size", type=int, default=65536)
     p.add_argument("--no-gt", action="store_true", help="do not record GT class fractions")
     add_fault_args(p)
@@ -252,7 +297,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("fit", help="build a GLCC classifier from an embedding store")
     p.add_argument("--store", required=True)
-    p.add_argument("--supervision", required=True, choices=["full", "semi", "weak"])
+    p.add_argument("--supervision", choices=["full", "semi", "weak"], help="(default: the recipe's)")
+    p.add_argument("--recipe", help="take the GLCC settings from a recipe (name or .toml file, see `tusss run`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+    p.add_argument("--root", help="weak: dataset root for the GT image labels (default: the store's)")
     p.add_argument("--out", required=True, help="model folder")
     p.add_argument("--labeled-ids", help="semi: file listing the labelled image ids")
     p.add_argument("--vocabulary", default="voc", help="weak: dustbin vocabulary for zero-shot scores")

@@ -158,8 +158,9 @@ class RecipeRunner:
         work: work directory (created).
         device: torch device for SAM and CLIP.
         progress: show progress bars.
-        mask_generator: testing / advanced hook: an object with ``generate(image) -> MaskSet`` and
-            ``config_hash`` used instead of building SAM from ``recipe["masks"]``.
+        mask_generator: testing / advanced hook: a generator (``generate(image) -> MaskSet``, ``config_hash``,
+            ``model_type``, ``weights_id``, ``config``) used instead of building SAM from ``recipe["masks"]``;
+            its masks are stored under the recipe's mask key (the cache manifest records its config hash).
         shard_size: rows per embedding-store shard (resume granularity of the embed stage).
         seed: torch seed set before building CLIP (random weights are then reproducible across resumes).
         limit: use only the first ``limit`` images of each split (quick looks).
@@ -208,8 +209,7 @@ class RecipeRunner:
         return ["eval"] if self.recipe.kind == "ov" else ["train", "eval"]
 
     def mask_key(self) -> str:
-        r = self.recipe
-        return _key("masks", r["masks"], getattr(self._gen, "config_hash", None))
+        return _key("masks", self.recipe["masks"])
 
     def embed_key(self, which: str) -> str:
         r = self.recipe
@@ -252,7 +252,9 @@ class RecipeRunner:
             c = self.recipe["clip"]
             torch.manual_seed(self.seed)
             self._clip = DBAClip.from_pretrained(c["model"], weights=None if c["weights"] == "random" else c["weights"],
-                                                 preset=c["preset"], device=self.device, **c["opts"])
+                                                 preset=c["preset"], device=self.device,
+                                                 **{k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in c["opts"].items()})
         return self._clip
 
     def generator(self):
@@ -308,7 +310,12 @@ class RecipeRunner:
         cache = self.mask_cache()
         clip = self.clip()
         has_gt = ds.label(ids[0]) is not None
-        meta = {"dataset": ds.name, "split": ds.split, "recipe": self.recipe.name, "clip": self.recipe["clip"],
+        ids_file = self.recipe["dataset"]["train_ids" if which == "train" else "eval_ids"]
+        meta = {"dataset": ds.name, "split": ds.split, "root": str(self.root.resolve()),
+                "ids_file": str((self.root / ids_file).resolve()) if ids_file else None,
+                "recipe": self.recipe.name, "clip": self.recipe["clip"]["model"],
+                "weights": self.recipe["clip"]["weights"], "clip_preset": self.recipe["clip"]["preset"],
+                "clip_opt": [f"{k}={json.dumps(v)}" for k, v in sorted(self.recipe["clip"]["opts"].items())],
                 "mask_config_hash": cache.config_hash, "class_names": list(ds.class_names),
                 "has_background": bool(ds.has_background)}
         w = StoreWriter(root, clip.model.visual.output_dim, dtype=self.recipe["clip"]["dtype"],
