@@ -17,6 +17,7 @@ import os
 import shutil
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tusss.errors import InputError, WeightsNotFoundError
 
@@ -55,6 +56,29 @@ def canonical_weight_source(spec: str | os.PathLike | None) -> str:
     :func:`parse_weight_source`)."""
     v = parse_weight_source(spec)
     return "random" if v is None else v
+
+
+def state_dict_hash(*modules: Any) -> str:
+    """Hex sha256 over the names, shapes, dtypes and bytes of the modules' parameters and buffers.
+
+    The one state-dict hash of tusss (engine manifests' ``weights_sha256``, :attr:`DBAClip.weights_id`, the
+    ``random:`` weights id of SAM in mask-cache keys). It identifies the *weights* independently of file
+    formats: a checkpoint loaded into a model gives the hash of the model it was saved from.
+
+    Args:
+        modules: ``torch.nn.Module`` objects, hashed in the order given (keys sorted within each).
+    """
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for mod in modules:
+        for k, v in sorted(mod.state_dict().items()):
+            t = v.detach().cpu().contiguous()
+            h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def tusss_home() -> Path:

@@ -156,7 +156,7 @@ class DBAClip:
     def weights_id(self) -> str:
         """sha256 of the model's parameters and buffers (the engine manifest's ``weights_sha256``)."""
         if not self._weights_id:
-            from tusss.export.onnx_io import state_dict_hash
+            from tusss.weights import state_dict_hash
 
             self._weights_id = state_dict_hash(self.model)
         return self._weights_id

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tusss.errors import CorruptFileError, InputError
+from tusss.weights import state_dict_hash  # noqa: F401 (its one home; re-exported for the engine)
 
 OPSET = 18  # LayerNormalization (17) + ReduceMean with axes input (18); accepted by TensorRT 10/11
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
@@ -144,17 +145,3 @@ def graph_files(path: str | os.PathLike) -> list[Path]:
     files += [path.parent / loc for loc in sorted(locs)]
     return files
 
-
-def state_dict_hash(*modules: nn.Module) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of the modules' parameters and buffers.
-
-    Identifies the *source weights* of an engine independently of file formats (a checkpoint loaded
-    into a model gives the same hash as the model it was saved from).
-    """
-    h = hashlib.sha256()
-    for mod in modules:
-        for k, v in sorted(mod.state_dict().items()):
-            t = v.detach().cpu().contiguous()
-            h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()

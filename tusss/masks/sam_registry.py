@@ -26,7 +26,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from tusss.errors import InputError
 from tusss.persist import corrupt
-from tusss.weights import resolve_checkpoint
+from tusss.weights import resolve_checkpoint, state_dict_hash
 
 SAM_URL_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"
 
@@ -145,13 +145,8 @@ def _file_id(path: Path) -> str:
 
 
 def state_dict_id(model: torch.nn.Module) -> str:
-    """sha256 of all parameters and buffers (names, shapes and bytes) of ``model``."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return "random:" + h.hexdigest()[:16]
+    """``random:`` + the first 16 hex digits of :func:`tusss.weights.state_dict_hash` of ``model``."""
+    return "random:" + state_dict_hash(model)[:16]
 
 
 _CKPT_FIX = "delete the file so that it is downloaded again, or pass a good file with --checkpoint"
