@@ -36,19 +36,37 @@ __all__ = ["BACKENDS", "KnnGraph", "l2_normalize", "knn_search", "knn_graph", "b
 BACKENDS = ("torch", "torch-tiled", "faiss", "faiss-ivf", "faiss-hnsw")
 
 
-def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
-    """(N, D) float -> (N, D) float32 rows of unit L2 norm. Zero rows raise InputError."""
+def l2_normalize(x, name: str = "embeddings", chunk: int = 65536) -> np.ndarray:
+    """(N, D) float -> (N, D) float32 rows of unit L2 norm. Zero rows raise InputError.
+
+    ``x`` may also be a :class:`RowBlocks` / list of (n_i, D) blocks (e.g. the memory-mapped float16 shards
+    of a store): the output is then filled block by block, ``chunk`` rows at a time, so that the only
+    full-size array is the float32 result (same values as normalising the concatenation).
+    """
+    if isinstance(x, (RowBlocks, list, tuple)):
+        B = _as_blocks(x)
+        out = np.empty(B.shape, np.float32)
+        for a in range(0, len(B), chunk):
+            b = min(len(B), a + chunk)
+            out[a:b] = _normalize_rows(B.rows(a, b, np.float32), name, offset=a)
+        return out
     x = np.asarray(x)
     if x.ndim != 2:
         raise InputError(f"{name} must be (N, D), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"{name} must be floating point, got {x.dtype}")
+    return _normalize_rows(np.array(x, dtype=np.float32, order="C"), name)  # one copy, normalised in place
+
+
+def _normalize_rows(x: np.ndarray, name: str, offset: int = 0) -> np.ndarray:
+    """Normalise the float32 rows of ``x`` in place (after the finiteness / zero-row checks)."""
     check_finite(x, name)
-    x = x.astype(np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(n == 0):
-        raise InputError(f"{name} has {int((n == 0).sum())} all-zero rows (cannot be L2-normalised)")
-    return np.ascontiguousarray(x / n)
+        where = f" (first at row {offset + int(np.flatnonzero(n.ravel() == 0)[0])})" if offset else ""
+        raise InputError(f"{name} has {int((n == 0).sum())} all-zero rows (cannot be L2-normalised){where}")
+    x /= n
+    return x
 
 
 def _torch_search(q: np.ndarray, base: np.ndarray, k: int, budget_bytes: int, device: str | None
