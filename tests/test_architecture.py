@@ -185,3 +185,23 @@ def test_every_module_imports_in_a_fresh_interpreter():
     for order in (mods, mods[::-1]):
         r = subprocess.run([sys.executable, "-c", code, *order], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout.strip() or r.stderr.strip()[-2000:]
+
+
+def test_engine_and_export_public_apis():
+    import tusss.engine
+    import tusss.export
+
+    for pkg in (tusss.engine, tusss.export):
+        assert len(pkg.__all__) >= 8 and "placeholder" not in (pkg.__doc__ or "")
+        for name in pkg.__all__:
+            obj = getattr(pkg, name)
+            assert obj.__name__ == name and obj.__module__.startswith(pkg.__name__ + "."), (pkg.__name__, name)
+    from tusss.engine import Engine, build_engine, check_engine  # the imports users write
+    from tusss.engine.runtime import Engine as E
+
+    assert Engine is E and callable(build_engine) and callable(check_engine)
+    # lazy: importing the packages loads no exporter / runtime
+    code = ("import sys, tusss.engine, tusss.export\n"
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'tensorrt') if m in sys.modules))")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
