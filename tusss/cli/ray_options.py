@@ -11,8 +11,9 @@ This module adds no subcommand: its :func:`register` runs after the modules that
 Ray options: ``--ray [ADDRESS]`` (no address: a local cluster on 127.0.0.1), ``--ray-actors N`` (SAM /
 DBA-CLIP replicas), ``--ray-gpus-per-actor G`` (default 1 where the cluster has GPUs, else 0),
 ``--ray-cpus-per-actor C`` (default: 1 with GPUs, else ``min(1, 0.5 * CPUs / actors)``), ``--ray-read-cpus``
-(per read task, 0.25), ``--ray-num-cpus`` (size of a local cluster). Failed images are listed in
-``<output>.failed.jsonl`` beside the cache / store folder; the exit status is 1 when any image failed.
+(per read task, 0.25), ``--ray-num-cpus`` (size of a local cluster). Failed images are skipped and listed in
+``failures.jsonl`` of the cache / store folder, as without ``--ray`` (``--fail-fast`` stops at the first one);
+the exit status is 1 when any image failed.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def run_masks(args: argparse.Namespace) -> int:
         info = probe_generator(spec)
         check_manifest(args.cache_dir, info, args.overwrite)
         res = ray_cache_masks(spec, src.ids, src.image, args.cache_dir, overwrite=args.overwrite,
-                              pool=pool_from_args(args), progress=not args.no_progress, info=info)
+                              pool=pool_from_args(args), progress=not args.no_progress, info=info,
+                              fail_fast=bool(getattr(args, "fail_fast", False)))
     finally:
         if started:
             require_ray().shutdown()
@@ -117,14 +119,17 @@ def run_embed(args: argparse.Namespace) -> int:
     cache = open_mask_cache(args.mask_cache)
     has_gt = not args.no_gt and ds.label(ids[0]) is not None
     # the store's index meta of the single-process `tusss embed` (tusss/cli/glcc.py), field for field
-    meta = {"dataset": args.dataset, "split": args.split, "clip": args.clip, "weights": args.weights,
+    meta = {"dataset": args.dataset, "split": args.split, "root": str(Path(args.root).resolve()),
+            "ids_file": str(Path(args.ids_file).resolve()) if args.ids_file else None,
+            "clip": args.clip, "weights": args.weights,
             "clip_preset": args.clip_preset, "clip_opt": args.clip_opt or [], "mask_config_hash": cache.config_hash,
             "class_names": list(ds.class_names), "has_background": bool(ds.has_background)}
     spec = ClipSpec(args.clip, parse_weight_source(args.weights, official="openai"), args.clip_preset,
                     parse_opts(args.clip_opt, "--clip-opt"), seed=args.seed, device=args.device)
     res = ray_embed(ds, cache.root, cache.config_hash, args.out, spec, ids=ids, dtype=args.dtype,
                     shard_size=args.shard_size, with_gt=has_gt, meta=meta, pool=pool_from_args(args),
-                    progress=not args.no_progress, address=_address(args), num_cpus=args.ray_num_cpus)
+                    progress=not args.no_progress, address=_address(args), num_cpus=args.ray_num_cpus,
+                    fail_fast=bool(getattr(args, "fail_fast", False)))
     print(f"embed (ray): {len(res['embedded'])} image(s) embedded, {len(res['skipped'])} already stored, "
           f"{len(res['failed'])} failed -> {args.out} [{_workers(res)}]")
     return _report_failures(res, args.out)

@@ -17,9 +17,9 @@ What runs where (one Ray Data pipeline per command, streamed, in image order)::
   :class:`tusss.data.store.StoreWriter` in the dataset's image order, so the shards, their boundaries and the
   index are those of ``tusss embed`` (each shard is committed atomically by the writer).
 * A re-run skips what is done (cached masks; images of committed shards). An image that fails (unreadable
-  or corrupt file, no cached masks, an exception in a model) is recorded with its id, stage and error in
-  ``<output>.failed.jsonl`` beside the output and does not stop the run; the file is rewritten at the end of
-  every run (removed when nothing failed). Progress is a tqdm bar in the driver.
+  or corrupt file, no cached masks, an exception in a model) is recorded with its id and reason in the
+  output folder's ``failures.jsonl`` by :class:`tusss.persist.FailureLog`, with the reasons the single-process
+  commands record, and does not stop the run (unless ``fail_fast``). Progress is a tqdm bar in the driver.
 
 Ray is imported only inside these functions (the optional extra ``tusss[ray]``).
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ import numpy as np
 
 from tusss.distributed.cluster import cluster_resources, init_ray, require_ray
 from tusss.errors import CorruptFileError, InputError
+from tusss.persist import FailureLog, ItemFailedError, remove_stale_temps
 
 __all__ = ["PoolConfig", "SamSpec", "ClipSpec", "GeneratorInfo", "probe_generator", "ray_cache_masks",
            "ray_embed", "failures_path", "read_failures"]
@@ -211,48 +211,30 @@ def probe_generator(spec: SamSpec) -> GeneratorInfo:
 
 # ---------------------------------------------------------------------------------------------- failures
 def failures_path(output: str | os.PathLike) -> Path:
-    """``<output>.failed.jsonl``: the failures of the last run, beside the cache folder / store folder."""
-    p = Path(output)
-    return p.with_name(p.name + ".failed.jsonl")
+    """The failures file of a run on ``output`` (``failures.jsonl`` in the cache / store folder, written by
+    :class:`tusss.persist.FailureLog` exactly as the single-process commands write it)."""
+    from tusss.persist import FAILURES
+
+    return Path(output) / FAILURES
 
 
-def _write_failures(output: str | os.PathLike, command: str, failed: dict[str, dict[str, str]]) -> Path | None:
+def read_failures(output: str | os.PathLike) -> dict[str, str]:
+    """``{image id: reason}`` recorded by the last run on ``output`` ({} when nothing failed)."""
+    from tusss.persist import FailureLog
+
     p = failures_path(output)
-    if not failed:
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-        return None
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name("." + p.name + ".tmp")
-    with open(tmp, "w") as f:
-        for iid, rec in failed.items():
-            f.write(json.dumps({"command": command, "id": iid, **rec}) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-    return p
+    return {r["id"]: r["reason"] for r in FailureLog.read(p)} if p.is_file() else {}
 
 
-def read_failures(output: str | os.PathLike) -> dict[str, dict[str, str]]:
-    """``{image id: {"stage": ..., "error": ...}}`` recorded by the last run on ``output`` ({} when none)."""
-    p = failures_path(output)
-    if not p.is_file():
-        return {}
-    out = {}
-    for n, line in enumerate(p.read_text().splitlines()):
-        try:
-            r = json.loads(line)
-            out[str(r["id"])] = {"stage": r["stage"], "error": r["error"]}
-        except (ValueError, KeyError, TypeError) as e:
-            raise CorruptFileError(f"{p} line {n + 1} is not a failure record: {e}") from e
-    return out
+def _reason(e: BaseException) -> str:
+    """The failure reason the single-process commands record (:meth:`tusss.persist.FailureLog.attempt`)."""
+    from tusss.errors import TusssError
+    from tusss.persist import one_line
+
+    return one_line(e) if isinstance(e, TusssError) else f"{type(e).__name__}: {one_line(e)}"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _err(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
-
-
 def _row(row: dict[str, Any], payload: bytes = b"", error: str = "", stage: str = "", status: str = "ok",
          worker: int = -1) -> dict:
     """One pipeline row; ``worker`` = pid of the model actor that handled it (-1: none)."""
@@ -329,13 +311,13 @@ def _masks_read(row: dict[str, Any], loader: Callable[[str], np.ndarray], root: 
     except CorruptFileError:
         pass  # an unreadable cache file is regenerated (MaskCache.put replaces it)
     except Exception as e:  # e.g. CacheMismatchError: masks of another configuration
-        return _row(row, error=_err(e), stage="cache")
+        return _row(row, error=_reason(e), stage="cache")
     try:
         from tusss.validate import check_image
 
         image = check_image(loader(iid), f"image {iid!r}")
     except Exception as e:
-        return _row(row, error=_err(e), stage="read")
+        return _row(row, error=_reason(e), stage="read")
     return _row(row, payload=pickle.dumps(image, protocol=_PICKLE))
 
 
@@ -360,7 +342,7 @@ class _SamActor:
             ms = self.gen.generate(image)
             self.cache.put(str(row["id"]), ms)
         except Exception as e:
-            return _row(row, error=_err(e), stage="masks")
+            return _row(row, error=_reason(e), stage="masks")
         return _row(row, payload=pickle.dumps(len(ms), protocol=_PICKLE), worker=os.getpid())
 
 
@@ -376,6 +358,7 @@ def ray_cache_masks(
     address: str | None = None,
     num_cpus: int | None = None,
     info: GeneratorInfo | None = None,
+    fail_fast: bool = False,
 ) -> dict[str, Any]:
     """Ray version of :func:`tusss.masks.cache.cache_masks`: the same cache files, written by SAM actors.
 
@@ -388,6 +371,7 @@ def ray_cache_masks(
         pool: actor pool sizes/resources.
         address / num_cpus: cluster to use when Ray is not initialised yet (None: a local loopback cluster).
         info: the generator's identity when already known (else found by :func:`probe_generator`).
+        fail_fast: stop at the first failed image (:class:`tusss.persist.ItemFailedError`) instead of going on.
 
     Returns:
         ``{"generated": [ids], "skipped": [ids], "failed": {id: {"stage", "error"}}, "info": GeneratorInfo,
@@ -399,6 +383,9 @@ def ray_cache_masks(
     pool = pool or PoolConfig()
     root = str(Path(cache_root).expanduser().absolute())
     out: dict[str, Any] = {"generated": [], "skipped": [], "failed": {}, "workers": {}}
+    Path(root).mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root)  # hidden leftovers of a killed run
+    log = FailureLog(root, "masks", fail_fast=fail_fast)
     with _ray_session(address, num_cpus), _data_context(not progress):
         ray = require_ray()
         res = cluster_resources()
@@ -419,6 +406,7 @@ def ray_cache_masks(
                     if r["error"]:
                         out["failed"][r["id"]] = {"stage": r["stage"], "error": r["error"]}
                         bar.set_postfix(failed=len(out["failed"]))
+                        log.record(r["id"], r["error"])  # raises ItemFailedError with fail_fast
                     elif r["status"] == "skipped":
                         out["skipped"].append(r["id"])
                     else:
@@ -427,7 +415,8 @@ def ray_cache_masks(
                     bar.update(1)
             finally:
                 bar.close()
-    out["failures_file"] = _write_failures(root, "masks", out["failed"])
+    log.close()
+    out["failures_file"] = log.path if out["failed"] else None
     return out
 
 
@@ -451,7 +440,7 @@ def _embed_read(row: dict[str, Any], dataset: Any, root: str, config_hash: str, 
             stage = "label"
             gt = gt_class_fractions(ms.masks, dataset.label(iid), dataset.num_classes)
     except Exception as e:
-        return _row(row, error=_err(e), stage=stage)
+        return _row(row, error=_reason(e), stage=stage)
     payload = {"image": image, "masks": ms.to_dict(), "keep": keep, "gt": gt}
     return _row(row, payload=pickle.dumps(payload, protocol=_PICKLE))
 
@@ -475,7 +464,7 @@ class _ClipActor:
             emb = self.clip.embed_masks(p["image"], ms.masks) if len(ms) else np.zeros((0, self.dim), np.float32)
             res = {"emb": np.asarray(emb), "area": ms.area, "level": ms.level, "keep": p["keep"], "gt": p["gt"]}
         except Exception as e:
-            return _row(row, error=_err(e), stage="embed")
+            return _row(row, error=_reason(e), stage="embed")
         return _row(row, payload=pickle.dumps(res, protocol=_PICKLE), worker=os.getpid())
 
 
@@ -495,6 +484,7 @@ def ray_embed(
     progress: bool = True,
     address: str | None = None,
     num_cpus: int | None = None,
+    fail_fast: bool = False,
 ) -> dict[str, Any]:
     """Embed every cached mask of ``dataset`` into the store ``out`` with DBA-CLIP actors (``tusss embed --ray``).
 
@@ -510,6 +500,7 @@ def ray_embed(
         ids: image ids in store order (default ``dataset.ids``).
         dtype / shard_size / meta: as :class:`StoreWriter`; with_gt: record GT class fractions.
         pool: actor pool sizes/resources; address / num_cpus: cluster used when Ray is not initialised yet.
+        fail_fast: stop at the first failed image (the images before it stay stored; the store is incomplete).
 
     Returns:
         ``{"embedded": [ids], "skipped": [ids already stored], "failed": {id: {"stage", "error"}},
@@ -527,6 +518,8 @@ def ray_embed(
     dim = clip.embed_dim()
     w = StoreWriter(out, dim, dtype=dtype, num_classes=dataset.num_classes if with_gt else None,
                     shard_size=shard_size, meta=meta)
+    remove_stale_temps(out)  # hidden leftovers of a killed run
+    log = FailureLog(out, "embed", fail_fast=fail_fast)
     done = w.done()
     todo = [i for i in ids if i not in done]
     res: dict[str, Any] = {"embedded": [], "skipped": [i for i in ids if i in done], "failed": {}, "workers": {}}
@@ -548,6 +541,7 @@ def ray_embed(
                     if row["error"]:
                         res["failed"][iid] = {"stage": row["stage"], "error": row["error"]}
                         bar.set_postfix(failed=len(res["failed"]))
+                        log.record(iid, row["error"])  # raises ItemFailedError with fail_fast
                     else:
                         p = pickle.loads(row["payload"])
                         try:
@@ -556,10 +550,15 @@ def ray_embed(
                             res["embedded"].append(iid)
                             res["workers"][row["worker"]] = res["workers"].get(row["worker"], 0) + 1
                         except InputError as e:  # e.g. NaN embeddings: this image only
-                            res["failed"][iid] = {"stage": "store", "error": _err(e)}
+                            res["failed"][iid] = {"stage": "store", "error": _reason(e)}
+                            log.record(iid, res["failed"][iid]["error"])
                     bar.update(1)
+            except ItemFailedError:
+                w.flush()  # fail_fast: keep the images done before the bad one (the store stays incomplete)
+                raise
             finally:
                 bar.close()
     w.close()
-    res["failures_file"] = _write_failures(out, "embed", res["failed"])
+    log.close()
+    res["failures_file"] = log.path if res["failed"] else None
     return res
