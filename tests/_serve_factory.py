@@ -24,5 +24,5 @@ def make() -> Predictor:
     gen = MaskGenerator.from_pretrained("vit_tiny", checkpoint=None, preset="tuss", points_per_side=8,
                                         crop_n_layers=0)
     install_fakes(gen.sam)
-    clip = DBAClip.from_pretrained("tusss-tiny", weights=None, preset="reference")
+    clip = DBAClip.from_pretrained("tusss-tiny", weights=None, preset="reference", target_size=224)  # few windows
     return Predictor(gen, clip, TextClassifier(clip, classes=CLASSES))
