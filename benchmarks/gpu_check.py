@@ -19,7 +19,12 @@ Stages (issue 12's table; the anchors and goals are written beside each figure):
   the fallbacks here: exact kNN from float16 tiles + ``torch.topk`` (timed on a slice of the queries and
   extrapolated when the whole would overrun), the library's ``block_cg_torch`` on a random symmetric k-NN-like
   graph of the real size, and ``GLCC.predict_batch`` of a GLCC fitted on a smaller synthetic set.
-* ``inductor``: rows of the block/compiler helper's function (``tusss.engine.inductor.gpu_check_rows``), if any.
+* ``inductor``: rows of the block/compiler helper's function, if any: the first of ``gpu_check_rows`` /
+  ``gpu_rows`` / ``gpu_stages`` found in ``tusss.engine.inductor`` or ``benchmarks/bench_engine.py``, called as
+  ``fn(device, {"dry_run": bool, "budget_s": float})`` and returning row dicts (``variant``, ``ms``, ...) or a flat
+  dict of ``*_s`` / ``*_ms`` figures.
+* ``compile`` (last, only when time is left; skipped in the dry run): ``torch.compile`` of the bf16 SAM encoder,
+  compile time and ms per 5-crop batch against eager.
 
 Every stage has a time budget; a stage whose budget exceeds the time left is skipped and says so.
 The torch on the GPU machine is 2.11: nothing here needs a newer API (FlexAttention is guarded).
@@ -69,7 +74,8 @@ REAL = dict(
     knn=[("knn_325k", 325_000, 512, 50), ("knn_4.66M", 4_660_000, 512, 50)],
     lp=[("lp_325k", 325_000, 21, 50), ("lp_4.66M", 4_660_000, 81, 50)],
     glcc_train=20_000, glcc_images=32, glcc_masks_per_image=50, glcc_classes=21,
-    budgets=dict(masks=110, clip=35, dba_last_block=30, glcc_helper=100, knn=50, lp=35, glcc=15, inductor=25),
+    budgets=dict(masks=110, clip=35, dba_last_block=30, glcc_helper=100, knn=50, lp=35, glcc=15, inductor=25,
+                 compile=70),
     knn_query_sample=16_384, mask_overrides={}, repeats=5,
 )
 DRY = dict(
@@ -78,7 +84,8 @@ DRY = dict(
     knn=[("knn_325k", 3_000, 32, 10), ("knn_4.66M", 6_000, 32, 10)],
     lp=[("lp_325k", 3_000, 5, 10), ("lp_4.66M", 6_000, 7, 10)],
     glcc_train=600, glcc_images=4, glcc_masks_per_image=8, glcc_classes=4,
-    budgets=dict(masks=30, clip=20, dba_last_block=10, glcc_helper=30, knn=10, lp=10, glcc=10, inductor=10),
+    budgets=dict(masks=30, clip=20, dba_last_block=10, glcc_helper=30, knn=10, lp=10, glcc=10, inductor=10,
+                 compile=1000),
     knn_query_sample=1_000, mask_overrides=dict(pred_iou_thresh=0.0, stability_score_thresh=0.0), repeats=1,
 )
 
@@ -613,20 +620,77 @@ def stage_glcc_fallback(ck: Check, budget: float, S: dict) -> None:
            note=f"train N={N} (not the 325k of VOC: fallback), knn backend {m.config.knn_backend}")
 
 
+#: where the block/compiler helper's GPU rows may live, and the function names looked for (first found is used)
+INDUCTOR_SOURCES = ("tusss.engine.inductor", "benchmarks/bench_engine.py")
+INDUCTOR_FUNCS = ("gpu_check_rows", "gpu_rows", "gpu_stages")
+
+
+def _rows_from(result: Any) -> list[dict[str, Any]]:
+    """Normalise a helper's result: a list of row dicts, or a flat dict (``*_s`` seconds, ``*_ms`` milliseconds)."""
+    if isinstance(result, dict):
+        rows = []
+        for k, v in result.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if k.endswith("_ms"):
+                    rows.append(dict(variant=k[:-3], ms=float(v)))
+                elif k.endswith("_s"):
+                    rows.append(dict(variant=k[:-2], ms=float(v) * 1e3))
+        return rows
+    return [dict(r) for r in (result or [])]
+
+
 def stage_inductor(ck: Check, budget: float, S: dict) -> None:
-    try:
-        mod = importlib.import_module("tusss.engine.inductor")
-    except Exception as e:
-        ck.add("inductor", "tusss.engine.inductor", None, note=f"not importable: {type(e).__name__}: {e}")
-        return
-    fn = getattr(mod, "gpu_check_rows", None)
+    fn, where = None, []
+    for src in INDUCTOR_SOURCES:
+        try:
+            if src.endswith(".py"):
+                p = ROOT / src
+                spec = importlib.util.spec_from_file_location("tusss_gpu_check_" + p.stem, p)
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)  # type: ignore[union-attr]
+            else:
+                mod = importlib.import_module(src)
+        except Exception as e:
+            where.append(f"{src}: {type(e).__name__}")
+            continue
+        fn = next((getattr(mod, n) for n in INDUCTOR_FUNCS if callable(getattr(mod, n, None))), None)
+        if fn is not None:
+            break
+        where.append(f"{src}: no {'/'.join(INDUCTOR_FUNCS)}")
     if fn is None:
-        ck.add("inductor", "tusss.engine.inductor.gpu_check_rows", None, note="function not present")
+        ck.add("inductor", "inductor rows", None, note="not present (" + "; ".join(where) + ")")
         return
-    for r in fn(ck.device, dict(dry_run=ck.dry, budget_s=budget)) or []:
-        r = dict(r)
+    for r in _rows_from(fn(ck.device, dict(dry_run=ck.dry, budget_s=budget))):
         ck.add("inductor", str(r.pop("variant", r.pop("stage", "inductor"))), r.pop("ms", r.pop("value", None)),
-               str(r.pop("unit", "ms")), **r)
+               str(r.pop("unit", "ms")), source=getattr(fn, "__module__", ""), **r)
+
+
+def stage_compile(ck: Check, budget: float, S: dict) -> None:
+    """Optional torch.compile of the bf16 SDPA SAM encoder (does compiling pay?): compile time and ms per batch."""
+    from tusss.masks.sam_precision import lowp_image_encoder
+    from tusss.masks.sam_registry import SAM_MODELS
+
+    dev = ck.device
+    torch.manual_seed(0)
+    with torch.device(dev):
+        sam = SAM_MODELS[S["sam"]].builder()
+    sam.eval()
+    enc = lowp_image_encoder(sam.image_encoder, "bf16")
+    n_crops = 1 + (4 if S["crop_n_layers"] else 0)
+    s = sam.image_encoder.img_size
+    x = torch.randn(n_crops, 3, s, s, device=dev)
+    with torch.no_grad():
+        ms_eager, ref = timeit(lambda: enc(x), dev, warmup=1, repeats=3, max_s=budget / 6)
+        ck.add("masks", f"encoder only, {n_crops} crops, bf16 SDPA eager (compile baseline)", ms_eager, "ms", aux=True)
+        comp = torch.compile(enc, dynamic=False)
+        t0 = time.perf_counter()
+        out = comp(x)
+        _sync(dev)
+        t_comp = time.perf_counter() - t0
+        ms_c, out = timeit(lambda: comp(x), dev, warmup=1, repeats=3, max_s=budget / 6)
+    rel = float((out - ref).norm() / ref.norm())
+    ck.add("masks", f"encoder only, {n_crops} crops, bf16 SDPA torch.compile", ms_c, "ms", aux=True,
+           note=f"first call (compile) {t_comp:.1f} s; rel diff to eager {rel:.1e}")
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -641,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="default: cuda when available (never in --dry-run)")
     ap.add_argument("--glcc-fallback", action="store_true",
                     help="time kNN / LP / GLCC with this script's fallbacks even when bench_glcc.gpu_stages exists")
-    ap.add_argument("--stages", default="masks,clip,dba_last_block,knn,lp,glcc,inductor",
+    ap.add_argument("--stages", default="masks,clip,dba_last_block,knn,lp,glcc,inductor,compile",
                     help="comma-separated subset")
     a = ap.parse_args(argv)
     dev = "cpu" if a.dry_run else (a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -677,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
                 ck.run("glcc (fallback)", B["glcc"], lambda c, b: stage_glcc_fallback(c, b, S))
         if "inductor" in want:
             ck.run("inductor", B["inductor"], lambda c, b: stage_inductor(c, b, S))
+        if "compile" in want:  # last: only when time is left
+            ck.run("compile", B["compile"], lambda c, b: stage_compile(c, b, S))
     ck.write()
     print((ck.out / "gpu_check.md").read_text())
     bad = [s for s in ck.stages if s["status"] == "error"]

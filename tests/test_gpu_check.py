@@ -39,7 +39,9 @@ def dry_run(tmp_path_factory) -> dict:
 def test_dry_run_measures_every_stage(dry_run: dict) -> None:
     mod = _module()
     assert dry_run["meta"]["dry_run"] is True and dry_run["meta"]["device"] == "cpu"
-    assert [s for s in dry_run["stages"] if s["status"] != "ok"] == []
+    status = {s["stage"]: s["status"] for s in dry_run["stages"]}
+    assert status.pop("compile") == "skipped"  # torch.compile is not rehearsed on the CPU (minutes of C++ builds)
+    assert set(status.values()) == {"ok"}, status
     measured = {r["stage"] for r in dry_run["rows"] if r["value"] is not None}
     for key in mod.ANCHORS:
         if key == "inductor":  # the block/compiler helper's rows, when its function exists
