@@ -265,11 +265,13 @@ def test_serve_deployment_answers_segment_on_loopback(cluster):
         for r, w, im in zip(got, want, images):
             assert r.status_code == 200, r.text
             js = r.json()
-            assert js["image_hw"] == list(im.shape[:2]) and js["class_names"] == ["background", "cat", "dog"]
-            assert js["num_masks"] == len(w.labels) > 0
+            assert js["image"] == {"height": im.shape[0], "width": im.shape[1]}
+            assert js["class_names"] == ["background", "cat", "dog"]
+            assert len(js["masks"]) == len(w.labels) > 0
             assert [m["label"] for m in js["masks"]] == w.labels.tolist()
             np.testing.assert_allclose([m["score"] for m in js["masks"]], w.conf, rtol=1e-4, atol=1e-5)
-            rles = [{"size": m["rle"]["size"], "counts": m["rle"]["counts"].encode()} for m in js["masks"]]
+            rles = [{"size": m["segmentation"]["size"], "counts": m["segmentation"]["counts"].encode()}
+                    for m in js["masks"]]
             np.testing.assert_array_equal(mask_utils.decode(rles).transpose(2, 0, 1).astype(bool), w.masks.masks)
             sizes.append(js["timings"]["batch_size"])
         assert max(sizes) >= 2, sizes  # requests were batched by @serve.batch
@@ -278,9 +280,11 @@ def test_serve_deployment_answers_segment_on_loopback(cluster):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), want[0].label_map)
         # bad input: a clear 4xx, and the replica keeps serving
         r = httpx.post(base + "/v1/segment", files={"image": ("x.png", b"not an image", "image/png")}, timeout=60)
-        assert r.status_code == 400 and "cannot be decoded" in r.json()["error"]
+        assert r.status_code == 415 and "not a JPEG or PNG" in r.json()["error"]
         r = httpx.post(base + "/v1/segment", timeout=60)
-        assert r.status_code == 400 and "image" in r.json()["error"]
-        assert httpx.get(base + "/v1/info", timeout=60).json()["ray_serve"]["calls"]["images"] >= 4
+        assert r.status_code == 422 and "image" in r.json()["error"]
+        info = httpx.get(base + "/v1/info", timeout=60).json()
+        assert info["ready"] is True and info["ray_serve"]["calls"]["images"] >= 4
+        assert "tusss_batch_size" in httpx.get(base + "/metrics", timeout=60).text
     finally:
         serve.shutdown()

@@ -1,36 +1,36 @@
-"""Replicated serving on Ray Serve: the segmentation service as a deployment of ``tusss.Predictor``.
+"""Replicated serving on Ray Serve: the ``tusss serve`` service as a deployment of ``tusss.Predictor``.
 
-Each replica holds one warm :class:`tusss.Predictor`; concurrent requests to a replica are grouped by
-``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s``) and run through
-:meth:`Predictor.predict_batch`, so the SAM encoder and the DBA-CLIP windows of a batch run together. Ray Serve
-calls :meth:`TusssDeployment.check_health` (period ``health_check_period_s``) and restarts a replica that fails it.
+Each replica holds one warm :class:`tusss.Predictor`. Concurrent requests to a replica are grouped by
+``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s``; this replaces the in-process micro-batcher of
+``tusss serve``) and run through :meth:`Predictor.predict_batch` / ``embed_batch``, so the SAM encoder and the
+DBA-CLIP windows of a batch run together; a group that fails is retried image by image, so one bad image never
+fails the others. Ray Serve calls :meth:`TusssDeployment.check_health` every ``health_check_period_s`` and
+replaces a replica that fails it; Ray Serve routes requests across ``num_replicas`` replicas.
 
-HTTP endpoints (FastAPI through ``@serve.ingress``; the routes of the single-process service)::
+The routes and answers are those of ``tusss serve`` (:mod:`tusss.serve.app`: the same upload checks, JSON rows,
+PNG and ``.npy`` encoders, error bodies)::
 
-    POST /v1/segment   multipart field ``image`` (JPEG/PNG); ?format=json (default) | png; ?classes=a,b (text
-                       classifier only). JSON: image_hw, class_names, per mask id, COCO RLE (pycocotools' compressed
-                       counts), bbox_xywh, area, level, predicted_iou, stability, label, class, score; timings.
-    POST /v1/embed     multipart ``image``: masks (RLE, area, level) + float16 embeddings as base64 ``.npy`` bytes
-    GET  /healthz      the replica is alive            GET /readyz   models loaded and one warm-up image run
-    GET  /v1/info      models, weights ids, backend, classifier, versions, replica and batching settings
+    POST /v1/segment   multipart ``image`` (JPEG/PNG); ?format=json|png; ?classes=a,b (text classifier only)
+    POST /v1/embed     multipart ``image``; ?format=json (base64 .npy float16) | npy
+    GET  /healthz      alive                GET /readyz    models loaded, one warm-up image run
+    GET  /metrics      Prometheus text of this replica (requests, latency, stage times, batch sizes)
+    GET  /v1/info      models, weights ids, backend, classifier, versions, batching, replica id and call counts
 
-Bad input answers 4xx with ``{"error": ...}`` naming the problem (400 undecodable image / bad option, 413 upload
-or pixel count over the limit (the header is checked before decoding), 415 content type); the replica keeps
-serving. Metrics: Ray Serve's own (``ray_serve_*``, per deployment and route) on the Ray metrics port.
+Bad input answers 4xx with ``{"error": ...}`` naming the problem; the replica keeps serving.
 
 Start it with ``serve run tusss.distributed.serve:build_app sam=vit_tiny checkpoint=random clip=tusss-tiny
 weights=random classes=cat,dog`` (key=value pairs: see :func:`build_app`), ``serve run
 tusss.distributed.serve:app`` (options as JSON in ``$TUSSS_SERVE_OPTIONS``), or :func:`run` from Python.
-Ray and FastAPI are imported when this module is imported: it is only imported to serve on Ray.
+Ray, FastAPI and the ``[serve]`` extra are imported with this module: import it only to serve on Ray.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the route annotations as objects (Ray Serve's
 # ingress rebuilds the routes and cannot resolve string annotations)
 import asyncio
 import base64
-import io
 import json
 import os
+import time
 from typing import Annotated, Any
 
 import numpy as np
@@ -38,8 +38,11 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tusss.errors import InputError
+from tusss.errors import InputError, TusssError
+from tusss.serve import app as _app
+from tusss.serve.app import ServeConfig, UploadError, decode_upload
 
 __all__ = ["TusssDeployment", "api", "app", "build_app", "run", "segmentation_json", "DEPLOYMENT_KEYS"]
 
@@ -48,104 +51,50 @@ DEPLOYMENT_KEYS = {"num_replicas": int, "num_cpus": float, "num_gpus": float, "m
                    "batch_wait_timeout_s": float, "max_upload_bytes": int, "max_pixels": int,
                    "health_check_period_s": float, "max_ongoing_requests": int}
 DEFAULTS = {"num_replicas": 1, "num_cpus": 1.0, "num_gpus": 0.0, "max_batch_size": 8, "batch_wait_timeout_s": 0.01,
-            "max_upload_bytes": 32 << 20, "max_pixels": 40_000_000, "health_check_period_s": 10.0,
-            "max_ongoing_requests": 64}
-DEFAULT_KEYS_SHOWN = ("max_batch_size", "batch_wait_timeout_s", "max_upload_bytes", "max_pixels")
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/jpg", "application/octet-stream")
+            "max_upload_bytes": ServeConfig.max_upload_bytes, "max_pixels": ServeConfig.max_pixels,
+            "health_check_period_s": 10.0, "max_ongoing_requests": 64}
 
-api = FastAPI(title="tusss segmentation service (Ray Serve)")
+api = FastAPI(title="tusss segmentation service (Ray Serve)", version=_app._version())
 
 
-class HTTPError(Exception):
-    """A request error answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@api.exception_handler(HTTPError)
-async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+def _err(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 @api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()]
-    return JSONResponse({"error": "bad request: " + "; ".join(parts)}, status_code=400)
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query"))
+        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+    return _err(422, "invalid request: " + "; ".join(parts))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _err(exc.status_code, str(exc.detail))
 
 
 @api.exception_handler(Exception)
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+async def _internal(request: Request, exc: Exception) -> JSONResponse:  # a bug, never the client's input
+    return _err(500, f"internal error: {type(exc).__name__}")
 
 
-def decode_upload(data: bytes, content_type: str | None, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an uploaded JPEG/PNG; the pixel count is checked from the header before decoding.
-
-    Raises:
-        HTTPError: 413 (too many bytes / pixels), 415 (content type), 400 (empty or undecodable).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if content_type and content_type.split(";")[0].strip().lower() not in IMAGE_TYPES:
-        raise HTTPError(415, f"image content type {content_type!r} is not supported (JPEG or PNG)")
-    if len(data) > max_bytes:
-        raise HTTPError(413, f"image upload of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    if not data:
-        raise HTTPError(400, "the image field is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise HTTPError(413, f"image of {w} x {h} pixels exceeds the limit of {max_pixels} pixels")
-            if im.format not in ("JPEG", "PNG"):
-                raise HTTPError(415, f"image format {im.format} is not supported (JPEG or PNG)")
-            im.load()
-            arr = np.asarray(im.convert("RGB"))
-    except HTTPError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise HTTPError(400, f"the image cannot be decoded: {type(e).__name__}: {e}") from e
-    return np.ascontiguousarray(arr, dtype=np.uint8)
-
-
-def _rles(masks: np.ndarray) -> list[dict[str, Any]]:
-    from pycocotools import mask as mask_utils
-
-    if len(masks) == 0:
-        return []
-    enc = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in enc]
+def _parse_classes(classes: str | None) -> list[str] | None:
+    if classes is None:
+        return None
+    names = [c.strip() for c in classes.split(",")]
+    if not all(names):
+        raise UploadError(400, f"classes must be comma-separated non-empty names, got {classes!r}")
+    return names
 
 
 def segmentation_json(seg: Any) -> dict[str, Any]:
-    """JSON of one :class:`tusss.pipeline.Segmentation` (module docstring); RLEs as pycocotools writes them."""
-    ms = seg.masks
-    masks = []
-    for m, rle in enumerate(_rles(ms.masks)):
-        lab = int(seg.labels[m])
-        masks.append({"id": m, "rle": rle, "bbox_xywh": [int(x) for x in ms.bbox[m]], "area": int(ms.area[m]),
-                      "level": int(ms.level[m]), "predicted_iou": float(ms.predicted_iou[m]),
-                      "stability": float(ms.stability[m]), "label": lab, "class": seg.class_names[lab],
-                      "score": float(seg.conf[m])})
-    return {"image_hw": [int(x) for x in ms.image_hw], "class_names": list(seg.class_names),
-            "num_masks": len(masks), "masks": masks, "timings": dict(getattr(seg, "timings", {}) or {})}
-
-
-def _label_png(label_map: np.ndarray) -> bytes:
-    from PIL import Image
-
-    from tusss.io import voc_palette
-
-    buf = io.BytesIO()
-    if label_map.dtype == np.uint8:
-        im = Image.fromarray(label_map, mode="P")
-        im.putpalette(voc_palette().reshape(-1).tolist())
-    else:  # K > 255: 16-bit grey
-        im = Image.fromarray(label_map.astype(np.uint16))
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+    """The ``/v1/segment`` JSON of one :class:`tusss.pipeline.Segmentation`, as ``tusss serve`` answers it."""
+    h, w = seg.masks.image_hw
+    return {"image": {"height": h, "width": w}, "class_names": list(seg.class_names),
+            "masks": _app._mask_rows(seg.masks, {"labels": seg.labels, "conf": seg.conf}, seg.class_names),
+            "timings": {k: float(v) for k, v in (seg.timings or {}).items()}}
 
 
 def _build_predictor(options: dict[str, Any]) -> Any:
@@ -164,7 +113,7 @@ def _build_predictor(options: dict[str, Any]) -> Any:
 @serve.deployment(name="tusss")
 @serve.ingress(api)
 class TusssDeployment:
-    """One replica: a warm :class:`tusss.Predictor` behind the HTTP routes (module docstring).
+    """One replica: a warm :class:`tusss.Predictor` behind the routes of ``tusss serve`` (module docstring).
 
     Args:
         predictor: keyword arguments of ``Predictor.from_pretrained`` (or ``engine_dir`` + those of
@@ -176,83 +125,137 @@ class TusssDeployment:
         import ray
 
         self.settings = {**DEFAULTS, **settings}
+        self.cfg = ServeConfig(max_batch=int(self.settings["max_batch_size"]),
+                               max_wait_ms=1000.0 * float(self.settings["batch_wait_timeout_s"]),
+                               max_upload_bytes=int(self.settings["max_upload_bytes"]),
+                               max_pixels=int(self.settings["max_pixels"]))
         opts = dict(predictor)
         if ray.get_gpu_ids() and "device" not in opts and "engine_dir" not in opts:
             opts["device"] = "cuda"
         self.ready = False
+        self.metrics = _app._Metrics()
+        self.calls = {"batches": 0, "images": 0}
         self.predictor = _build_predictor(opts)
         self.predictor.warm_up()
-        self._segment_batch.set_max_batch_size(int(self.settings["max_batch_size"]))
-        self._segment_batch.set_batch_wait_timeout_s(float(self.settings["batch_wait_timeout_s"]))
-        self.calls = {"batches": 0, "images": 0}
+        for fn in (self._segment_batch, self._embed_batch):
+            fn.set_max_batch_size(self.cfg.max_batch)
+            fn.set_batch_wait_timeout_s(float(self.settings["batch_wait_timeout_s"]))
         self.ready = True
+        self.metrics.ready.set(1)
 
     def check_health(self) -> None:
         """Ray Serve's health check: raise when the replica cannot serve (it is then replaced)."""
         if not self.ready or self.predictor is None:
             raise RuntimeError("tusss replica is not ready")
 
-    def _run_group(self, images: list[np.ndarray], classes: str | None) -> list[Any]:
+    # ------------------------------------------------------------------ batched model calls
+    def _run(self, kind: str, images: list[np.ndarray], classes: list[str] | None) -> list[Any]:
+        """One model call for a group; on an error, each image alone (one bad image must not fail the rest)."""
+        p = self.predictor
+        call = (lambda ims: p.predict_batch(ims, classes=classes)) if kind == "segment" else p.embed_batch
         try:
-            return list(self.predictor.predict_batch(images, classes=classes))
-        except Exception:  # one bad image must not fail the others of the batch: retry one by one
-            out: list[Any] = []
+            res = list(call(images))
+        except Exception:
+            res = []
             for im in images:
                 try:
-                    out.append(self.predictor.predict(im, classes=classes))
+                    res.extend(call([im]))
                 except Exception as e:
-                    out.append(e)
-            return out
+                    res.append(e)
+        self.metrics.batch.observe(len(images))
+        t = getattr(res[0], "timings", None) if res else None
+        for stage in ("masks", "embed", "classify", "paint"):
+            if t and stage in t:
+                self.metrics.stage.labels(stage).observe(float(t[stage]))
+        return res
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _segment_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[Any]:
-        """The batched stage: images of concurrent requests, grouped by their class list."""
+    async def _grouped(self, kind: str, items: list[tuple[np.ndarray, Any]]) -> list[Any]:
         self.calls["batches"] += 1
         self.calls["images"] += len(items)
         out: list[Any] = [None] * len(items)
-        groups: dict[str | None, list[int]] = {}
+        groups: dict[Any, list[int]] = {}
         for k, (_, cls) in enumerate(items):
-            groups.setdefault(cls, []).append(k)
+            groups.setdefault(None if cls is None else tuple(cls), []).append(k)
         for cls, ks in groups.items():
-            res = await asyncio.to_thread(self._run_group, [items[k][0] for k in ks], cls)
+            res = await asyncio.to_thread(self._run, kind, [items[k][0] for k in ks], None if cls is None else
+                                          list(cls))
             for k, r in zip(ks, res):
                 out[k] = r
         return out
 
-    async def _image(self, image: UploadFile) -> np.ndarray:
-        data = await image.read(int(self.settings["max_upload_bytes"]) + 1)
-        return decode_upload(data, image.content_type, int(self.settings["max_upload_bytes"]),
-                             int(self.settings["max_pixels"]))
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _segment_batch(self, items: list[tuple[np.ndarray, Any]]) -> list[Any]:
+        """Images of concurrent /v1/segment requests -> one ``predict_batch`` per class list."""
+        return await self._grouped("segment", items)
 
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _embed_batch(self, items: list[tuple[np.ndarray, Any]]) -> list[Any]:
+        """Images of concurrent /v1/embed requests -> one ``embed_batch``."""
+        return await self._grouped("embed", items)
+
+    async def _job(self, path: str, kind: str, image: UploadFile, classes: Any) -> Any:
+        t0 = time.perf_counter()
+        data = await image.read(self.cfg.max_upload_bytes + 1)
+        try:
+            arr = await asyncio.to_thread(decode_upload, data, image.content_type, self.cfg)
+        except UploadError as e:
+            return self._count(path, _err(e.status, e.message), t0)
+        batch = self._segment_batch if kind == "segment" else self._embed_batch
+        res = await batch((arr, classes))
+        if isinstance(res, TusssError):
+            return self._count(path, _err(400, str(res)), t0)
+        if isinstance(res, Exception):
+            return self._count(path, _err(500, f"internal error: {type(res).__name__}"), t0)
+        return res, t0
+
+    def _count(self, path: str, resp: Response, t0: float) -> Response:
+        self.metrics.requests.labels(path, str(resp.status_code)).inc()
+        self.metrics.latency.labels(path).observe(time.perf_counter() - t0)
+        return resp
+
+    # ------------------------------------------------------------------ routes (those of tusss serve)
     @api.post("/v1/segment")
-    async def segment(self, image: Annotated[UploadFile, File()], format: Annotated[str, Query()] = "json",
+    async def segment(self, image: Annotated[UploadFile, File()], format: Annotated[str, Query()] = "json",  # noqa: A002
                       classes: Annotated[str | None, Query()] = None) -> Response:
+        t0 = time.perf_counter()
         if format not in ("json", "png"):
-            raise HTTPError(400, f"format must be 'json' or 'png', got {format!r}")
-        arr = await self._image(image)
-        seg = await self._segment_batch((arr, classes))
-        if isinstance(seg, InputError):
-            raise HTTPError(400, str(seg))
-        if isinstance(seg, Exception):
-            raise HTTPError(500, f"segmentation failed: {type(seg).__name__}: {seg}")
+            return self._count("/v1/segment", _err(400, f"format must be 'json' or 'png', got {format!r}"), t0)
+        try:
+            names = _parse_classes(classes)
+            if names is not None:
+                self.predictor.classifier_for(names)  # unknown / bad list -> 400 before batching
+        except (UploadError, InputError) as e:
+            return self._count("/v1/segment", _err(getattr(e, "status", 400), getattr(e, "message", str(e))), t0)
+        res = await self._job("/v1/segment", "segment", image, names)
+        if isinstance(res, Response):
+            return res
+        seg, t0 = res
         if format == "png":
-            return Response(_label_png(seg.label_map), media_type="image/png")
-        return JSONResponse(segmentation_json(seg))
+            resp: Response = Response(_app._png_bytes(seg.label_map), media_type="image/png",
+                                      headers={"X-Num-Masks": str(len(seg.labels))})
+        else:
+            resp = JSONResponse(segmentation_json(seg))
+        return self._count("/v1/segment", resp, t0)
 
     @api.post("/v1/embed")
-    async def embed(self, image: Annotated[UploadFile, File()]) -> Response:
-        arr = await self._image(image)
-        try:
-            ms, emb = await asyncio.to_thread(self.predictor.embed, arr)
-        except InputError as e:
-            raise HTTPError(400, str(e)) from e
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(emb, np.float16))
-        return JSONResponse({"image_hw": [int(x) for x in ms.image_hw], "num_masks": len(ms),
-                             "masks": [{"id": m, "rle": r, "area": int(ms.area[m]), "level": int(ms.level[m])}
-                                       for m, r in enumerate(_rles(ms.masks))],
-                             "embeddings_npy_base64": base64.b64encode(buf.getvalue()).decode("ascii"),
-                             "dtype": "float16", "shape": [int(s) for s in np.shape(emb)]})
+    async def embed(self, image: Annotated[UploadFile, File()], format: Annotated[str, Query()] = "json") -> Response:  # noqa: A002
+        t0 = time.perf_counter()
+        if format not in ("json", "npy"):
+            return self._count("/v1/embed", _err(400, f"format must be 'json' (base64 .npy) or 'npy', got "
+                                                      f"{format!r}"), t0)
+        res = await self._job("/v1/embed", "embed", image, None)
+        if isinstance(res, Response):
+            return res
+        (ms, emb), t0 = res
+        e16 = np.ascontiguousarray(emb, dtype=np.float16)
+        if format == "npy":
+            return self._count("/v1/embed", Response(_app._npy_bytes(e16), media_type="application/x-npy",
+                                                     headers={"X-Num-Masks": str(len(ms))}), t0)
+        h, w = ms.image_hw
+        return self._count("/v1/embed", JSONResponse({
+            "image": {"height": h, "width": w}, "masks": _app._mask_rows(ms),
+            "embeddings": {"dtype": "float16", "shape": list(e16.shape), "encoding": "npy+base64",
+                           "data": base64.b64encode(_app._npy_bytes(e16)).decode("ascii")}}), t0)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -260,15 +263,25 @@ class TusssDeployment:
 
     @api.get("/readyz")
     async def readyz(self) -> Response:
-        ok = bool(self.ready and getattr(self.predictor, "ready", True))
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        if self.ready:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "error": "loading models / warming up"}, status_code=503)
+
+    @api.get("/metrics")
+    async def prom(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/v1/info")
     async def info(self) -> dict[str, Any]:
         ctx = serve.get_replica_context()
-        return {**self.predictor.info(), "ray_serve": {"deployment": ctx.deployment, "replica": ctx.replica_tag,
-                                                       "pid": os.getpid(), "calls": dict(self.calls),
-                                                       **{k: self.settings[k] for k in DEFAULT_KEYS_SHOWN}}}
+        c = self.cfg
+        return {**self.predictor.info(), "ready": self.ready,
+                "serve": {"max_batch": c.max_batch, "max_wait_ms": c.max_wait_ms, "max_queue": None,
+                          "max_upload_bytes": c.max_upload_bytes, "max_pixels": c.max_pixels},
+                "ray_serve": {"deployment": ctx.deployment, "replica": ctx.replica_tag, "pid": os.getpid(),
+                              "calls": dict(self.calls)}}
 
 
 def _parse_value(v: Any) -> Any:
