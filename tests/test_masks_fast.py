@@ -225,20 +225,26 @@ def test_rle_equals_segment_anything() -> None:
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def _to(x, device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
 class _OnDevice(torch.nn.Module):
-    """Runs a CPU fake module and returns its outputs on ``device`` (the fakes compute on the CPU)."""
+    """Runs a CPU fake module (kept out of the module tree, so ``sam.to("cuda")`` leaves it on the CPU) and returns
+    its outputs on ``device``."""
 
     def __init__(self, inner: torch.nn.Module, device: str) -> None:
         super().__init__()
-        self.inner, self.device = inner, device
+        self.__dict__["inner"] = inner
+        self.device = device
 
     def forward(self, *args, **kw):
-        cpu = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
-        kcpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-        out = self.inner(*cpu, **kcpu)
-        if isinstance(out, tuple):
-            return tuple(o.to(self.device) for o in out)
-        return out.to(self.device)
+        out = self.inner(*_to(list(args), "cpu"), **{k: _to(v, "cpu") for k, v in kw.items()})
+        return _to(out, self.device)
 
     def get_dense_pe(self):
         return self.inner.get_dense_pe().to(self.device)
@@ -263,9 +269,10 @@ def test_fast_on_gpu_matches_cpu_reference() -> None:
     img = make_scene()
     cfg = preset_config("tuss", **SMALL)
     ref = MaskGenerator(sam, cfg).generate(img)
+    sam.prompt_encoder = _OnDevice(sam.prompt_encoder, "cuda")
+    sam.mask_decoder = _OnDevice(sam.mask_decoder, "cuda")
     sam_gpu = sam.to("cuda")
-    sam_gpu.prompt_encoder = _OnDevice(sam_gpu.prompt_encoder, "cuda")
-    sam_gpu.mask_decoder = _OnDevice(sam_gpu.mask_decoder, "cuda")
+    assert sam_gpu.device.type == "cuda"
     got = mask_data_to_maskset(FastLevelMaskGenerator(sam_gpu, cfg).generate_mask_data(img), img.shape[:2])
     assert len(got) == len(ref)
     for i in range(len(ref)):
