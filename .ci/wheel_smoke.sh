@@ -15,7 +15,9 @@ trap 'rm -rf "$WORK"' EXIT
 say() { echo "[wheel-smoke] $*"; }
 
 say "build the wheel"
-"$BASE_PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$SRC"
+# build isolation (pip fetches the build backend named in pyproject.toml); TUSSS_WHEEL_NO_ISOLATION=1 builds with
+# the setuptools of $BASE_PY instead (offline machines)
+"$BASE_PY" -m pip wheel -q --no-deps ${TUSSS_WHEEL_NO_ISOLATION:+--no-build-isolation} -w "$WORK/dist" "$SRC"
 WHEEL=$(ls "$WORK"/dist/tusss-*.whl)
 # the JSON model configs and recipe data must be inside the wheel (a non-editable install has nothing else)
 "$BASE_PY" - "$WHEEL" <<'PY'
