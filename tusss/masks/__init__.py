@@ -16,6 +16,8 @@ _LAZY = {
     "PRESETS": "tusss.masks.config",
     "MaskGenerator": "tusss.masks.generator",
     "LevelMaskGenerator": "tusss.masks.generator",
+    "FastLevelMaskGenerator": "tusss.masks.amg_fast",
+    "LowPrecisionSamBackend": "tusss.masks.sam_precision",
     "rock_sand_water": "tusss.masks.rsw",
     "MaskCache": "tusss.masks.cache",
     "CacheMismatchError": "tusss.masks.cache",
