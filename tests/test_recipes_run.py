@@ -211,3 +211,24 @@ def test_cli_run_fit_tune(voc_root, tmp_path, capsys):
     assert "w = 2.5" in capsys.readouterr().out
     assert main(["run", "--recipe", "voc-wek", "--root", str(voc_root), "--work", str(work)]) == 1
     assert "did you mean 'voc-weak'" in capsys.readouterr().err
+
+
+def test_a_bad_image_never_stops_the_run(tmp_path):
+    """A corrupt training image is recorded and skipped (the run goes on and reports it, nothing is marked
+    complete); once the file is repaired, the next run retries it and equals a clean run."""
+    root = tmp_path / "VOC2012"
+    make_voc(root, {"train_aug": [f"2007_{i:06d}" for i in range(5)], "val": ["2008_000001"]})
+    bad = root / "JPEGImages" / "2007_000002.jpg"
+    good = bad.read_bytes()
+    bad.write_bytes(good[: len(good) // 3])  # truncated JPEG
+    recipe = load_recipe("voc-full", TINY + ["glcc.k=[4]"])
+    gen = GridGenerator()
+    r1 = RecipeRunner(recipe, root, tmp_path / "w", mask_generator=gen, log=None).run()
+    assert sorted(r1.failures) == ["embed train 2007_000002", "masks train 2007_000002"] and "failed" in r1.table
+    assert "cannot be decoded" in r1.failures["masks train 2007_000002"]
+    assert r1.stages["predict"] == "done (incomplete)" and "incomplete" in r1.metrics
+    bad.write_bytes(good)
+    r2 = RecipeRunner(recipe, root, tmp_path / "w", mask_generator=gen, log=None).run()
+    assert not r2.failures and r2.stages["masks"] == "done" and r2.stages["fit"] == "done"
+    clean = RecipeRunner(recipe, root, tmp_path / "clean", mask_generator=GridGenerator(), log=None).run()
+    assert r2.metrics == clean.metrics

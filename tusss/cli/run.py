@@ -46,8 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from tusss.persist import atomic_write_json
 
         atomic_write_json(args.out, {"recipe": res.recipe, "stages": res.stages, "metrics": res.metrics,
-                                     "paths": res.paths}, indent=1)
-    return 0
+                                     "paths": res.paths, "failures": res.failures}, indent=1)
+    return 1 if res.failures else 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

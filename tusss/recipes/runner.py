@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,7 @@ class RunResult:
     Attributes:
         recipe: the recipe name. stages: ``{stage: "done" | "skipped"}`` in order.
         metrics: the evaluation dict (``mIoU``, ``mask`` ...). table: the printable result table.
-        paths: the stage output paths.
+        paths: the stage output paths. failures: items (images) this run could not process, with why.
     """
 
     recipe: str
@@ -138,6 +139,7 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     table: str = ""
     paths: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
 
     @property
     def miou(self) -> float:
@@ -182,6 +184,7 @@ class RecipeRunner:
         self._log = log or (lambda s: None)
         self._clip = None
         self._datasets: dict[str, Any] = {}
+        self.failures: dict[str, str] = {}  # "stage split id" -> reason, for items skipped by this run
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -234,13 +237,16 @@ class RecipeRunner:
         return _key("predict", self.fit_key(), self.embed_key("eval"), r["combine"], g["k_bar"], g["a_norm"])
 
     def paths(self) -> dict[str, Path]:
+        # after a failed item, downstream outputs go to "-incomplete" folders (redone by every run until the
+        # failed items succeed), so that they are never taken for the complete result
+        inc = "-incomplete" if self.failures else ""
         p = {"masks": self.work / "masks" / self.mask_key(),
-             "predict": self.work / "predict" / self.predict_key(),
-             "eval": self.work / "eval" / f"{self.predict_key()}.json"}
+             "predict": self.work / "predict" / (self.predict_key() + inc),
+             "eval": self.work / "eval" / f"{self.predict_key()}{inc}.json"}
         for w in self.splits():
             p[f"embed_{w}"] = self.work / "embed" / self.embed_key(w)
         if self.recipe.kind != "ov":
-            p["fit"] = self.work / "fit" / self.fit_key()
+            p["fit"] = self.work / "fit" / (self.fit_key() + inc)
         return p
 
     def clip(self):
@@ -288,9 +294,13 @@ class RecipeRunner:
         write_manifest(root, gen)
         for w in self.splits():
             ds = self.dataset(w)
-            res = cache_masks(gen, [(i, (lambda i=i, ds=ds: ds.image(i))) for i in self.ids(w)], cache,
-                              progress=self.progress)
-            self.log(f"masks {w}: {len(res['generated'])} generated, {len(res['skipped'])} cached")
+            with warnings.catch_warnings():  # the failures are reported with the result
+                warnings.filterwarnings("ignore", message="cache_masks: ")
+                res = cache_masks(gen, [(i, (lambda i=i, ds=ds: ds.image(i))) for i in self.ids(w)], cache,
+                                  progress=self.progress, on_error="collect")  # a bad image never stops the run
+            self.failures.update({f"masks {w} {i}": msg for i, msg in res["failed"].items()})
+            self.log(f"masks {w}: {len(res['generated'])} generated, {len(res['skipped'])} cached, "
+                     f"{len(res['failed'])} failed")
         return "done"
 
     def stage_embed(self, which: str) -> str:
@@ -322,10 +332,11 @@ class RecipeRunner:
                         num_classes=ds.num_classes if has_gt else None, shard_size=self.shard_size,
                         meta=_strip(meta))
         done = w.done()
-        n = 0
-        for i in ids:
-            if i in done:
-                continue
+        from tusss.persist import FailureLog
+
+        flog = FailureLog(root, "embed")
+
+        def embed_one(i: str) -> None:
             ms = cache.get(i)
             if ms is None:
                 raise InputError(f"mask cache {cache.root} has no masks for {i!r}")
@@ -334,9 +345,19 @@ class RecipeRunner:
             emb = clip.embed_masks(ds.image(i), ms.masks) if len(ms) else np.zeros((0, w.dim), np.float32)
             gt = gt_class_fractions(ms.masks, ds.label(i), ds.num_classes) if has_gt else None
             w.add(i, emb, area=ms.area, level=ms.level, gt_fractions=gt, mask_index=keep)
-            n += 1
+
+        n = 0
+        for i in ids:
+            if i in done:
+                continue
+            ok, _ = flog.attempt(i, embed_one, i)  # a bad image is recorded and skipped, the others go on
+            if ok:
+                n += 1
+            else:
+                self.failures[f"embed {which} {i}"] = flog.failures[i]
         w.close()
-        self.log(f"embed {which}: {n} image(s) embedded, {len(done)} already stored")
+        flog.close()
+        self.log(f"embed {which}: {n} image(s) embedded, {len(done)} already stored{flog.summary()}")
         return "done"
 
     def _store(self, which: str):
@@ -410,11 +431,12 @@ class RecipeRunner:
         from tusss.glcc.model import GLCC
 
         root = self.paths()["fit"]
-        try:
-            GLCC.load(root)
-            return "skipped"
-        except (CorruptFileError, InputError, OSError):
-            pass
+        if not self.failures:
+            try:
+                GLCC.load(root)
+                return "skipped"
+            except (CorruptFileError, InputError, OSError):
+                pass
         sup, X, meta = self.supervision()
         m = GLCC(glcc_config(self.recipe), class_names=list(self.dataset("train").class_names))
         m.fit(X, meta.area, meta.image_id, sup, progress=self.progress)
@@ -461,28 +483,36 @@ class RecipeRunner:
                 "masks": [{"label": int(lb), "conf": float(c)} for lb, c in zip(labels, conf)]})
         stored = set(img_ids)
         for i in self.ids("eval"):  # images without any (non-empty) mask: every pixel gets the fill label
-            if i not in stored:
+            if i not in stored and cache.get(i) is not None:
                 hw = ds.label(i).shape if ds.label(i) is not None else ds.image(i).shape[:2]
                 write_label_png(out / "labels" / f"{i}.png", np.full(hw, fill, np.uint8))
                 atomic_write_json(out / "masks" / f"{i}.json", {"id": i, "num_masks": 0, "fill": fill,
                                                                 "class_names": names, "masks": []})
+        if self.failures:  # not complete: the next run retries the failed items and redoes this stage
+            return "done (incomplete)"
         atomic_write_json(marker, {"recipe": r.name, "images": len(self.ids("eval"))})
         self.log(f"predict: {len(self.ids('eval'))} image(s) -> {out}")
         return "done"
 
-    def stage_eval(self) -> str:
+    def stage_eval(self) -> tuple[str, dict[str, Any]]:
         from tusss.evaluation import evaluate, json_clean
         from tusss.persist import atomic_write_json
 
         p = self.paths()["eval"]
-        if p.is_file():
-            return "skipped"
-        res = evaluate(self.dataset("eval"), self.paths()["predict"], self.mask_cache(), ids=self.ids("eval"))
+        if p.is_file() and not self.failures:
+            return "skipped", json.loads(p.read_text())
+        pred = self.paths()["predict"]
+        ids = [i for i in self.ids("eval") if (pred / "masks" / f"{i}.json").is_file()]  # failed images: left out
+        res = evaluate(self.dataset("eval"), pred, self.mask_cache(), ids=ids)
         res.pop("pixel", None)
         if "mask" in res:
             res["mask"].pop("confusion", None)
-        atomic_write_json(p, json_clean(res), indent=1)
-        return "done"
+        res = json_clean(res)
+        if self.failures:
+            res["incomplete"] = f"{len(ids)} of {len(self.ids('eval'))} images evaluated"
+            return "done (incomplete)", res
+        atomic_write_json(p, res, indent=1)
+        return "done", res
 
     def run(self) -> RunResult:
         """Run every stage that is not complete yet; returns what was done and the metrics."""
@@ -493,10 +523,14 @@ class RecipeRunner:
         if self.recipe.kind != "ov":
             res.stages["fit"] = self.stage_fit()
         res.stages["predict"] = self.stage_predict()
-        res.stages["eval"] = self.stage_eval()
-        res.metrics = json.loads(self.paths()["eval"].read_text())
+        res.stages["eval"], res.metrics = self.stage_eval()
         res.paths = {k: str(v) for k, v in self.paths().items()}
         res.table = format_table(self.recipe, res.metrics)
+        res.failures = dict(self.failures)
+        if res.failures:
+            res.table += (f"\n{len(res.failures)} item(s) failed and were left out (their pixels get the fill "
+                          "label; rerun to retry them): " + "; ".join(f"{k}: {v}" for k, v in
+                                                                    list(res.failures.items())[:5]))
         return res
 
 
