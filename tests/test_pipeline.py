@@ -1,4 +1,9 @@
-"""OVSegmenter against a naive numpy re-computation of reference §4-5 (tiny DBA-CLIP, random weights)."""
+"""OVSegmenter against a naive numpy re-computation of reference §4-5 (tiny DBA-CLIP, random weights).
+
+The reference embeds the masks with tests/naive_dbaclip.py (reference §2-3 step by step, independent of
+tusss.clip) and the class names with open_clip's own tokenizer and ``encode_text``; scoring and painting are
+re-done in numpy.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from naive_dbaclip import naive_embed_masks
 
 from tusss.clip.model import DBAClip
+from tusss.clip.templates import get_templates
 from tusss.clip.vocabularies import get_vocabulary
 from tusss.errors import InputError
 from tusss.masks.maskset import MaskSet
@@ -47,14 +54,28 @@ def _softmax(z):
 _EMB: dict[int, np.ndarray] = {}
 
 
+def _naive_text(clip, names, templates) -> np.ndarray:
+    """open_clip's encode_text per (template, name); L2-normalise, mean over templates, L2-normalise."""
+    import open_clip
+
+    tmpl = list(get_templates(templates))  # the template strings (data) of the set
+    tok = open_clip.get_tokenizer("tusss-tiny")
+    with torch.no_grad():
+        out = []
+        for n in names:
+            f = clip.model.encode_text(tok([t.format(n) for t in tmpl])).double().numpy()
+            f = (f / np.linalg.norm(f, axis=1, keepdims=True)).mean(0)
+            out.append(f / np.linalg.norm(f))
+    return np.stack(out)
+
+
 def _naive_logits(clip, img, ms, names, templates):
     key = id(ms)
-    if key not in _EMB:  # the hand-made MaskSet is embedded once for all tests
-        _EMB[key] = clip.embed_masks(img, ms.masks)
-    e = _EMB[key].astype(np.float64)
-    t = clip.encode_text(list(names), templates).astype(np.float64)
+    if key not in _EMB:  # each MaskSet is embedded once for all tests (the naive path is slow)
+        _EMB[key] = (ms, naive_embed_masks(clip.model, img, ms.masks, clip.cfg))
+    e = _EMB[key][1].astype(np.float64)
+    t = _naive_text(clip, names, templates)
     e /= np.linalg.norm(e, axis=1, keepdims=True)
-    t /= np.linalg.norm(t, axis=1, keepdims=True)
     return 100.0 * e @ t.T
 
 
