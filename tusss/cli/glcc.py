@@ -141,6 +141,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.supervision in ("full", "semi"):
         kw["gt_fractions"] = meta.gt_frac
     if args.supervision == "semi":
+        if not args.labeled_ids and recipe is not None and recipe["dataset"]["labeled_ids"]:
+            lab_file = Path(recipe["dataset"]["labeled_ids"])  # the recipe's split file, under the dataset root
+            root = args.root or info.get("root")
+            if not lab_file.is_absolute() and root:
+                lab_file = Path(root) / lab_file
+            args.labeled_ids = str(lab_file)
         if not args.labeled_ids:
             raise InputError("--supervision semi needs --labeled-ids FILE")
         from tusss.data.datasets import read_ids_file

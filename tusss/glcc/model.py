@@ -4,7 +4,9 @@ Construction (reference §6.6, ``order="lp_first"``, the authors' code):
 
 - full: probe on Y (GT fractions); P* := Y (no transductive step); inductive LP over the training graph.
 - semi (1 round) and weak (2 rounds): P^c -> transductive LP (block CG) -> re-score the LP output image by
-  image (L1, min-max, bg^α over the image's classes; semi: labelled rows overwritten by GT) = Y*
+  image (reference §5 "Transductive LP outputs"; rule per round, :meth:`GLCCConfig.lp_fg_for_round`): weak
+  = L1, per-image min-max, bg^α over the image's classes (VOC round 1: a softmax-γ variant); semi = L1 and
+  bg^α over all classes, no min-max, then the labelled rows overwritten by GT) = Y*
   -> probe on softmax(100·Y*) over the allowed classes -> [next round: P^c := the probe's re-scored
   training-set scores] -> ... The last Y* is the P* of the inductive step.
 - ``order="probe_first"`` is the paper's text (probe on P^c first, then LP on the probe's P^r).

@@ -15,7 +15,9 @@ shorter (normally the labelled one) repeated in new random orders until it match
 Iterations: the reference trains 60k-720k iterations (VOC base 60k / iter_factor, COCO-Obj 180k / factor,
 grid-searched). The default here, 10,000 iterations with a 1,000-iteration warm-up (the reference's 10 %
 ratio), is a CPU-friendly budget (~15 epochs over VOC's 325k masks); set ``iters`` to the reference's
-count for a faithful run.
+count for a faithful run. The recipes (:mod:`tusss.recipes`) carry the authors' counts per experiment and
+per round (e.g. VOC WSSS 240k per round; COCO-Object 720k with a fixed 18k warm-up; COCO-2014 480k then 240k
+with a fixed 12k warm-up) and pass them as ``GLCCConfig.probe_rounds``.
 """
 
 from __future__ import annotations
