@@ -50,6 +50,7 @@ CASES = {
     "stab_bias": dict(rock_sand_water_thresh=None, stability_score_bias=(0.0, 0.0, 0.08)),
     "no_crops_no_post": dict(crop_n_layers=0, min_mask_region_area=0),
     "big_min_area": dict(min_mask_region_area=400, points_per_batch=7),
+    "two_crop_layers": dict(crop_n_layers=2, points_per_side=8, rock_sand_water_thresh=None),
 }
 
 
@@ -62,9 +63,42 @@ def test_fast_equals_reference_on_fake_sam(fake_sam, case: str) -> None:
     got = mask_data_to_maskset(fast.generate_mask_data(img), img.shape[:2])
     assert len(ref) >= 3  # the scene gives real candidates
     _assert_equal_masksets(ref, got)
-    n_crops = 1 + (4 if cfg.crop_n_layers else 0)
+    n_crops = sum(4**i for i in range(cfg.crop_n_layers + 1))
     assert fast.stats["encoder_calls"] == 1  # all crops in one encoder call
     assert fast.stats["decoder_calls"] >= n_crops
+
+
+def test_small_region_step_equals_segment_anything(fake_sam) -> None:
+    """Step 5 alone on random masks (many changed, one empty with a stale box): same masks, boxes and order as
+    segment_anything's ``postprocess_small_regions``."""
+    from segment_anything import SamAutomaticMaskGenerator
+    from segment_anything.utils.amg import MaskData, rle_to_mask
+
+    m = torch.from_numpy(_random_masks(11, b=30, h=40, w=52))
+    n = m.shape[0]
+    boxes = torch.as_tensor(np.asarray([_np_box(x) for x in m.numpy()]), dtype=torch.int64)
+    boxes[-3] = torch.tensor([5, 7, 5, 7])  # the empty mask: an uncropped [0,0,0,0] box, as the pipeline leaves it
+    assert not m[-3].any()
+    rng = np.random.default_rng(0)
+    fields = dict(iou_preds=torch.from_numpy(rng.random(n).astype(np.float32)),
+                  level=torch.from_numpy(rng.integers(0, 3, n)),
+                  points=torch.from_numpy(rng.random((n, 2))),
+                  stability_score=torch.from_numpy(rng.random(n).astype(np.float32)),
+                  crop_boxes=torch.tensor([[0, 0, 52, 40]]).repeat(n, 1))
+    ref = MaskData(rles=mask_to_rle_pytorch(m), boxes=boxes.clone(), **{k: v.clone() for k, v in fields.items()})
+    ref.to_numpy()
+    ref = SamAutomaticMaskGenerator.postprocess_small_regions(ref, 25, 0.7)
+    fast = FastLevelMaskGenerator(fake_sam, preset_config("tuss", **SMALL), cc_chunk=7)
+    got = fast._small_regions(dict(masks=m, boxes=boxes, **fields), 25, 0.7)
+    assert 0 < len(ref["rles"]) < n
+    np.testing.assert_array_equal(got["masks"].numpy(), np.stack([rle_to_mask(r) for r in ref["rles"]]))
+    np.testing.assert_array_equal(got["boxes"].numpy(), ref["boxes"])
+    np.testing.assert_array_equal(got["iou_preds"].numpy(), ref["iou_preds"])
+
+
+def _np_box(m: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(m)
+    return [0, 0, 0, 0] if ys.size == 0 else [xs.min(), ys.min(), xs.max(), ys.max()]
 
 
 def test_fast_equals_reference_sam_preset_scene(fake_sam) -> None:
