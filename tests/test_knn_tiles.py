@@ -141,3 +141,19 @@ def test_knn_graph_torch_equals_scipy_assembly():
         S, d = knn_graph_torch(torch.from_numpy(s), torch.from_numpy(i), gamma=gamma)
         np.testing.assert_allclose(S.to_dense().numpy(), g.S.toarray(), atol=1e-6)
         np.testing.assert_allclose(d.numpy(), g.degree, rtol=1e-5)
+
+
+def test_l2_normalize_over_shards_equals_in_memory(shards, tmp_path):
+    from tusss.glcc.knn import NpyRows, l2_normalize
+
+    X = np.concatenate([np.asarray(s) for s in shards])
+    ref = l2_normalize(X)
+    files = [NpyRows(tmp_path / f"emb_{j}.npy") for j in range(len(shards))]
+    assert files[2].shape == (64, 24) and files[2].dtype == np.float16
+    for blocks in (shards, RowBlocks(files)):
+        out = l2_normalize(blocks, chunk=16)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, ref)
+    s1, i1 = knn_tiled(RowBlocks(files), 5, row_tile=9, db_tile=31, device="cpu")
+    s2, i2 = knn_tiled(X, 5, device="cpu")
+    np.testing.assert_array_equal(i1, i2)

@@ -93,11 +93,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _load_store(path: str):
     from tusss.data.store import EmbeddingStore
-    from tusss.glcc.knn import RowBlocks
+    from tusss.glcc.knn import NpyRows, RowBlocks
 
     st = EmbeddingStore(path)
     # the memory-mapped shards as one (N, D) row view: never concatenated, never all in float32
-    return st, RowBlocks([st.shard(i) for i in range(len(st.shards))]), st.metadata()
+    # (NpyRows: each shard mapped only while its rows are copied out -> no file pages left resident)
+    return st, RowBlocks([NpyRows(st.shard(i).filename) for i in range(len(st.shards))]), st.metadata()
 
 
 def _chunked(fn, X, chunk: int = 65536) -> np.ndarray:

@@ -31,7 +31,7 @@ from tusss.errors import InputError
 from tusss.validate import check_finite
 
 __all__ = ["BACKENDS", "KnnGraph", "l2_normalize", "knn_search", "knn_graph", "build_graph", "recall_at_k",
-           "knn_tiled", "RowBlocks", "faiss_gpu_available", "faiss_sharded_search", "knn_graph_torch"]
+           "knn_tiled", "RowBlocks", "NpyRows", "faiss_gpu_available", "faiss_sharded_search", "knn_graph_torch"]
 
 BACKENDS = ("torch", "torch-tiled", "faiss", "faiss-ivf", "faiss-hnsw")
 
@@ -204,24 +204,33 @@ def knn_graph(sims: np.ndarray, idx: np.ndarray, gamma: float = 1.0, dtype: type
 
     Returns:
         :class:`KnnGraph`.
+
+    W is assembled directly in CSR (the neighbour lists are its rows) and normalised in place, so the peak
+    is about three copies of the N k entries (W, Wᵀ and their sum) rather than the COO and diagonal-product
+    intermediates.
     """
     N, k = idx.shape
-    valid = idx >= 0
-    w = sims.astype(np.float64)
+    idx = np.asarray(idx)
+    valid = (idx >= 0) & (idx != np.arange(N)[:, None])  # missing entries and self-loops (diagonal := 0)
+    w = np.asarray(sims, dtype=np.float64)
     if gamma != 1.0:
         w = np.power(np.maximum(w, 0.0), gamma)
-    rows = np.repeat(np.arange(N), k)[valid.ravel()]
-    cols = idx.ravel()[valid.ravel()]
-    vals = w.ravel()[valid.ravel()]
-    W = sp.csr_matrix((vals, (rows, cols)), shape=(N, N))
+    it = np.int32 if N < 2**31 and N * k < 2**31 else np.int64
+    indptr = np.zeros(N + 1, it)
+    np.cumsum(valid.sum(1), out=indptr[1:])
+    cols, vals = idx[valid].astype(it), w[valid]
+    del w
+    W = sp.csr_matrix((vals, cols, indptr), shape=(N, N))
+    W.sum_duplicates()  # sorts each row (neighbour lists hold no duplicates)
+    del cols, vals
     W = (W + W.T).tocsr()
-    W.setdiag(0)
     W.eliminate_zeros()
     d = np.asarray(W.sum(1)).ravel()
     d[d == 0] = 1.0
     r = 1.0 / np.sqrt(d)
-    S = sp.diags(r) @ W @ sp.diags(r)
-    S = S.tocsr().astype(dtype)
+    W.data *= np.repeat(r, np.diff(W.indptr))  # D^-1/2 W D^-1/2 in place
+    W.data *= r[W.indices]
+    S = W.astype(dtype, copy=False)
     S.sort_indices()
     return KnnGraph(S=S, degree=d, k=k, gamma=float(gamma))
 
@@ -338,11 +347,38 @@ def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else 1.0
 
 
+class NpyRows:
+    """A (n, D) ``.npy`` file read on demand: every ``[...]`` maps the file, copies the rows asked for and
+    unmaps it again, so reading a whole store shard by shard leaves no file pages mapped in the process
+    (a long-lived ``np.memmap`` keeps every page it touched in the resident set).
+
+    Args:
+        path: the ``.npy`` file (e.g. one embedding-store shard).
+    """
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        m = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = m.shape, m.dtype, m.ndim
+        del m
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        m = np.load(self.path, mmap_mode="r")
+        try:
+            return np.array(m[key])
+        finally:
+            del m
+
+
 class RowBlocks:
     """A read-only (N, D) matrix given as row blocks (arrays or ``np.memmap`` shards), never concatenated.
 
     Args:
-        blocks: sequence of (n_i, D) floating arrays (float16 / float32; memory maps are read lazily).
+        blocks: sequence of (n_i, D) floating arrays (float16 / float32; memory maps are read lazily), or
+            :class:`NpyRows` (files mapped only while rows are copied out).
 
     ``rows(a, b, dtype)`` returns rows [a, b) as one (b - a, D) array of ``dtype`` (copying only those rows);
     ``offsets`` are the (len(blocks) + 1,) first-row indices.

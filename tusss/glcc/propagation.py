@@ -232,21 +232,20 @@ def rcm_permutation(S: sp.spmatrix) -> np.ndarray:
     return np.asarray(reverse_cuthill_mckee(sp.csr_matrix(S), symmetric_mode=True), dtype=np.int64)
 
 
-def permute_symmetric(S: sp.csr_matrix, perm: np.ndarray) -> sp.csr_matrix:
-    """``S[perm][:, perm]`` for a CSR matrix, by one gather of its entries (faster than SciPy's fancy
-    indexing at 10^7 entries). Rows keep their entries' order (column indices need not be sorted)."""
+def permute_symmetric(S: sp.csr_matrix, perm: np.ndarray, dtype=None) -> sp.csr_matrix:
+    """``S[perm][:, perm]`` for a CSR matrix: SciPy's row gather, then one relabelling of the column indices
+    (no column fancy indexing; rows keep their entries' order, so column indices need not be sorted).
+    ``dtype`` converts the values first (e.g. float32: half the bytes to move)."""
     S = sp.csr_matrix(S)
     n = S.shape[0]
     perm = np.asarray(perm, dtype=np.int64)
-    inv = np.empty(n, np.int64)
-    inv[perm] = np.arange(n)
-    lens = np.diff(S.indptr)[perm]
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(lens, out=indptr[1:])
-    pos = np.arange(indptr[-1], dtype=np.int64) + np.repeat(S.indptr[perm].astype(np.int64) - indptr[:-1], lens)
-    idx_dtype = np.int32 if n < 2**31 and indptr[-1] < 2**31 else np.int64
-    indices = inv.astype(idx_dtype)[S.indices[pos]]
-    return sp.csr_matrix((S.data[pos], indices, indptr.astype(idx_dtype)), shape=S.shape)
+    it = np.int32 if n < 2**31 and S.nnz < 2**31 else np.int64
+    inv = np.empty(n, it)
+    inv[perm] = np.arange(n, dtype=it)
+    T = (S.astype(dtype, copy=False) if dtype is not None else S)[perm]
+    T.indices = inv[T.indices]
+    T.has_sorted_indices = False
+    return T
 
 
 def torch_csr(S: sp.spmatrix, device=None, dtype=None):
@@ -352,7 +351,7 @@ def propagate(
         perm = None
         if reorder == "rcm" or (reorder == "auto" and dev.type == "cpu" and S.shape[0] > 4096):
             perm = rcm_permutation(S)
-            S = permute_symmetric(S, perm)
+            S = permute_symmetric(S, perm, dtype=np.float32 if tdtype == torch.float32 else np.float64)
             Pc = Pc[perm]
         St = torch_csr(S, dev, tdtype)
         B = torch.from_numpy(np.ascontiguousarray(Pc)).to(device=dev, dtype=tdtype)
