@@ -37,7 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tusss.cli.glcc",
     "tusss.cli.run",
     "tusss.cli.serve",
-    "tusss.cli.ray_options",  # adds --ray to masks/embed (must follow the modules that define them)
+    "tusss.cli.ray_options",  # adds --ray to masks/embed/serve (must follow the modules that define them)
 )
 
 

@@ -1,8 +1,9 @@
-"""``--ray [ADDRESS]`` for ``tusss masks`` and ``tusss embed``: the same outputs, computed on a Ray cluster.
+"""``--ray [ADDRESS]`` for ``tusss masks``, ``tusss embed`` and ``tusss serve``: the same outputs on a Ray cluster.
 
-This module adds no subcommand: its :func:`register` runs after the modules that define ``masks`` and
-``embed``, adds the Ray options to those parsers and routes a run with ``--ray`` to
-:mod:`tusss.distributed.extract` (a run without ``--ray`` is the single-process command, untouched)::
+This module adds no subcommand: its :func:`register` runs after the modules that define ``masks``, ``embed``
+and ``serve``, adds the Ray options to those parsers and routes a run with ``--ray`` to
+:mod:`tusss.distributed.extract` / :mod:`tusss.distributed.serve` (a run without ``--ray`` is the single-process
+command, untouched). ``tusss serve --ray`` starts ``--ray-actors`` Ray Serve replicas of the same service::
 
     tusss masks --dataset coco_object --root COCO --split train --cache-dir MASKS --ray            # local cluster
     tusss embed --dataset coco_object --root COCO --split train --mask-cache MASKS --out STORE \\
@@ -27,7 +28,7 @@ from tusss.errors import InputError
 
 __all__ = ["add_ray_args", "pool_from_args", "register", "run_embed", "run_masks"]
 
-RAY_COMMANDS = ("masks", "embed")
+RAY_COMMANDS = ("masks", "embed", "serve")
 
 
 def add_ray_args(p: argparse.ArgumentParser) -> None:
@@ -135,7 +136,53 @@ def run_embed(args: argparse.Namespace) -> int:
     return _report_failures(res, args.out)
 
 
-_RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {"masks": run_masks, "embed": run_embed}
+def run_serve(args: argparse.Namespace) -> int:
+    """``tusss serve --ray``: the same service as Ray Serve replicas (``--ray-actors`` of them) behind Serve's HTTP
+    proxy on ``--host:--port``; each replica builds the predictor of the command's options. Blocks until
+    Ctrl-C / SIGTERM, then removes the application."""
+    import functools
+    import signal
+    import threading
+
+    from tusss.cli.serve import predictor_from_args
+    from tusss.distributed import init_ray, require_ray
+    from tusss.distributed.cluster import cluster_resources
+
+    chosen = [n for n in ("vocabulary", "classes", "glcc") if getattr(args, n, None)]
+    if len(chosen) != 1:
+        raise InputError("give exactly one of --vocabulary, --classes or --glcc")
+    for n, v in (("--max-batch", args.max_batch), ("--max-pixels", args.max_pixels)):
+        if v < 1:
+            raise InputError(f"{n} must be >= 1, got {v}")
+    address = _address(args)
+    started = init_ray(address, num_cpus=args.ray_num_cpus)
+    try:
+        from ray import serve
+
+        from tusss.distributed.serve import run
+
+        res = cluster_resources()
+        cpus, gpus = pool_from_args(args).resolve(res.cpus, res.gpus)
+        settings = {"num_replicas": args.ray_actors, "num_cpus": cpus, "num_gpus": gpus,
+                    "max_batch_size": args.max_batch, "batch_wait_timeout_s": args.max_wait_ms / 1000.0,
+                    "max_upload_bytes": int(args.max_upload_mb * (1 << 20)), "max_pixels": args.max_pixels}
+        run(functools.partial(predictor_from_args, args), host=args.host, port=args.port, settings=settings)
+        print(f"serve (ray): {args.ray_actors} replica(s) on http://{args.host}:{args.port} "
+              "(Ctrl-C or SIGTERM to stop)", flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        if not started:  # a shared cluster: remove only this application (a local cluster goes with shutdown)
+            serve.delete("tusss", _blocking=False)
+    finally:
+        if started:
+            require_ray().shutdown()
+    return 0
+
+
+_RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {"masks": run_masks, "embed": run_embed,
+                                                             "serve": run_serve}
 
 
 def _dispatch(single: Callable[[argparse.Namespace], int], ray_run: Callable[[argparse.Namespace], int]):

@@ -31,6 +31,7 @@ import base64
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -44,7 +45,8 @@ from tusss.errors import InputError, TusssError
 from tusss.serve import app as _app
 from tusss.serve.app import ServeConfig, UploadError, decode_upload
 
-__all__ = ["TusssDeployment", "api", "app", "build_app", "run", "segmentation_json", "DEPLOYMENT_KEYS"]
+__all__ = ["TusssDeployment", "api", "app", "build_app", "deployment", "run", "segmentation_json",
+           "DEPLOYMENT_KEYS"]
 
 #: build_app keys that configure the deployment (everything else goes to Predictor.from_pretrained/from_engine).
 DEPLOYMENT_KEYS = {"num_replicas": int, "num_cpus": float, "num_gpus": float, "max_batch_size": int,
@@ -97,9 +99,11 @@ def segmentation_json(seg: Any) -> dict[str, Any]:
             "timings": {k: float(v) for k, v in (seg.timings or {}).items()}}
 
 
-def _build_predictor(options: dict[str, Any]) -> Any:
+def _build_predictor(options: dict[str, Any] | Callable[[], Any]) -> Any:
     from tusss.predictor import Predictor
 
+    if callable(options):  # a picklable zero-argument factory (e.g. the CLI's predictor_from_args)
+        return options()
     opts = dict(options)
     engine = opts.pop("engine_dir", None)
     try:
@@ -117,11 +121,12 @@ class TusssDeployment:
 
     Args:
         predictor: keyword arguments of ``Predictor.from_pretrained`` (or ``engine_dir`` + those of
-            ``Predictor.from_engine``); ``device`` defaults to ``cuda`` when the replica has a GPU.
+            ``Predictor.from_engine``; ``device`` defaults to ``cuda`` when the replica has a GPU), or a picklable
+            zero-argument factory returning the predictor (called in the replica).
         settings: the :data:`DEPLOYMENT_KEYS` values (batching and limits).
     """
 
-    def __init__(self, predictor: dict[str, Any], settings: dict[str, Any]) -> None:
+    def __init__(self, predictor: dict[str, Any] | Callable[[], Any], settings: dict[str, Any]) -> None:
         import ray
 
         self.settings = {**DEFAULTS, **settings}
@@ -129,8 +134,8 @@ class TusssDeployment:
                                max_wait_ms=1000.0 * float(self.settings["batch_wait_timeout_s"]),
                                max_upload_bytes=int(self.settings["max_upload_bytes"]),
                                max_pixels=int(self.settings["max_pixels"]))
-        opts = dict(predictor)
-        if ray.get_gpu_ids() and "device" not in opts and "engine_dir" not in opts:
+        opts = predictor if callable(predictor) else dict(predictor)
+        if not callable(opts) and ray.get_gpu_ids() and "device" not in opts and "engine_dir" not in opts:
             opts["device"] = "cuda"
         self.ready = False
         self.metrics = _app._Metrics()
@@ -319,6 +324,16 @@ def build_app(args: dict[str, Any]) -> Any:
             raise InputError(f"{k} must be >= 1, got {settings[k]}")
     if not any(k in predictor for k in ("vocabulary", "classes", "glcc")):
         predictor["vocabulary"] = "voc21"
+    return deployment(predictor, settings)
+
+
+def deployment(predictor: dict[str, Any] | Callable[[], Any], settings: dict[str, Any] | None = None) -> Any:
+    """The bound application of :class:`TusssDeployment` for ``predictor`` (options or a factory) and
+    ``settings`` (:data:`DEPLOYMENT_KEYS`, already typed)."""
+    settings = dict(settings or {})
+    unknown = set(settings) - set(DEPLOYMENT_KEYS)
+    if unknown:
+        raise InputError(f"unknown deployment settings {sorted(unknown)}; known: {sorted(DEPLOYMENT_KEYS)}")
     s = {**DEFAULTS, **settings}
     dep = TusssDeployment.options(
         num_replicas=int(s["num_replicas"]),
@@ -329,12 +344,18 @@ def build_app(args: dict[str, Any]) -> Any:
     return dep.bind(predictor, settings)
 
 
-def run(options: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, blocking: bool = False,
-        route_prefix: str = "/") -> Any:
+def run(options: dict[str, Any] | Callable[[], Any], host: str = "127.0.0.1", port: int = 8000,
+        blocking: bool = False, route_prefix: str = "/", settings: dict[str, Any] | None = None) -> Any:
     """Start Serve's HTTP proxy on ``host:port`` (Ray must be initialised, e.g. by
-    :func:`tusss.distributed.init_ray`) and deploy :func:`build_app` (``options``); returns the handle."""
+    :func:`tusss.distributed.init_ray`) and deploy the service; returns the deployment handle.
+
+    Args:
+        options: :func:`build_app` key/values (predictor options and deployment settings), or a predictor
+            factory (then ``settings`` holds the deployment settings).
+    """
     serve.start(http_options={"host": host, "port": int(port)})
-    return serve.run(build_app(options), blocking=blocking, route_prefix=route_prefix, name="tusss")
+    target = deployment(options, settings) if callable(options) else build_app({**options, **(settings or {})})
+    return serve.run(target, blocking=blocking, route_prefix=route_prefix, name="tusss")
 
 
 #: ``serve run tusss.distributed.serve:app``: options as JSON in $TUSSS_SERVE_OPTIONS (default: vit_h, ViT-B-16,
