@@ -164,7 +164,7 @@ def check_provenance(recorded: dict[str, Any] | None, current: dict[str, Any], w
     that differs from ``current`` (the predictor's embedder identity + mask configuration).
 
     A classifier without recorded provenance (saved by an older tusss) is refused too: nothing says it was
-    fitted on embeddings of this embedder. Mask fields are compared only when both sides record them.
+    fitted on embeddings of this embedder. A differing mask configuration (both sides recorded) only warns.
     """
     if not recorded:
         raise ProvenanceError(
@@ -175,9 +175,12 @@ def check_provenance(recorded: dict[str, Any] | None, current: dict[str, Any], w
     for k in EMBEDDER_FIELDS:
         if recorded.get(k) != current.get(k):
             diff[k] = (recorded.get(k), current.get(k))
-    for k in MASK_FIELDS:
+    for k in MASK_FIELDS:  # recorded and reported, not refused: the same embedder on other masks is valid input
         if recorded.get(k) and current.get(k) and recorded[k] != current[k]:
-            diff[k] = (recorded[k], current[k])
+            import warnings
+
+            warnings.warn(f"{what} was fitted on masks of another mask configuration ({k} {_short(recorded[k])} vs "
+                          f"{_short(current[k])}); its scores may be less accurate on these masks", stacklevel=3)
     if diff:
         parts = ", ".join(f"{k}: fitted {_short(a)} vs predictor {_short(b)}" for k, (a, b) in diff.items())
         raise ProvenanceError(f"{what} was fitted on embeddings of another embedder; differing fields: {parts}. "

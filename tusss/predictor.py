@@ -114,6 +114,7 @@ class Predictor:
         mask_options: dict[str, Any] | None = None,
         device: str = "cpu",
         *,
+        clip_options: dict[str, Any] | None = None,
         mask_preset: str = "tuss",
         clip_preset: str = "reference",
         seed: int = 0,
@@ -130,6 +131,7 @@ class Predictor:
                 fitted GLCC (directory or object).
             mask_options: :class:`tusss.masks.MaskGenConfig` overrides (``points_per_side`` ...).
             device: torch device of the PyTorch models.
+            clip_options: :class:`tusss.clip.DBAClipConfig` overrides (part of the embedder identity).
             mask_preset, clip_preset: presets of the mask generator and DBA-CLIP.
             seed: torch seed drawn before random weights (SAM first, then CLIP, as ``tusss-engine build``).
             **text_options: text classifier options (``templates``, ``background``, ``bg_alpha``, ``fill`` ...).
@@ -146,7 +148,7 @@ class Predictor:
             torch.manual_seed(seed)
         gen = MaskGenerator.from_pretrained(sam, checkpoint=ck, preset=mask_preset, device=device,
                                             **(mask_options or {}))
-        dba = DBAClip.from_pretrained(clip, weights=w, preset=clip_preset, device=device)
+        dba = DBAClip.from_pretrained(clip, weights=w, preset=clip_preset, device=device, **(clip_options or {}))
         eng = None
         if engine is not None:
             from tusss.engine.runtime import Engine

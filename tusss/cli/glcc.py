@@ -51,7 +51,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
             "ids_file": str(Path(args.ids_file).resolve()) if args.ids_file else None,
             "clip": args.clip, "weights": args.weights,
             "clip_preset": args.clip_preset, "clip_opt": args.clip_opt or [], "mask_config_hash": cache.config_hash,
-            "class_names": list(ds.class_names), "has_background": bool(ds.has_background)}
+            "class_names": list(ds.class_names), "has_background": bool(ds.has_background),
+            "embedder": clip.identity()}  # CLIP model / weights sha256 / preset: GLCC provenance (tusss.classify)
     w = StoreWriter(args.out, clip.model.visual.output_dim, dtype=args.dtype,
                     num_classes=ds.num_classes if has_gt else None, shard_size=args.shard_size, meta=meta)
     remove_stale_temps(args.out)  # hidden leftovers of a killed run
@@ -173,6 +174,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             kw["fg_method"], kw["bg_method"] = fg_method(recipe["text"]["fg"]), bg_method(recipe["text"]["bg"])
     m = GLCC(cfg, class_names=info.get("class_names"))
     m.fit(X, meta.area, meta.image_id, args.supervision, progress=not args.no_progress, **kw)
+    if isinstance(info.get("embedder"), dict):  # provenance checked by tusss.Predictor (tusss.classify)
+        m.provenance = {**info["embedder"], "mask_config_hash": info.get("mask_config_hash")}
     m.save(args.out)
     print(f"fit: GLCC ({args.supervision}) on {len(X)} masks of {len(img_ids)} images -> {args.out}")
     for h in m.history_:

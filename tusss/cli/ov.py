@@ -100,15 +100,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from tusss.masks.cache import MaskCache, check_manifest, write_manifest
     from tusss.pipeline import OVSegmenter, resolve_class_set
 
-    cls_kw = _classes_from_args(args)
+    cls_kw = {} if args.glcc and not (args.vocabulary or args.classes or args.classes_file) else \
+        _classes_from_args(args)
     templates = args.templates
-    resolve_class_set(templates=templates, background=not args.no_background, **cls_kw)  # fail before loading
+    if cls_kw:
+        resolve_class_set(templates=templates, background=not args.no_background, **cls_kw)  # fail before loading
     src = ImageSource(args)
     out = Path(args.out)
-    gen = build_generator(args)
-    clip = build_clip(args.clip, args.weights, args.clip_preset, args.device, args.clip_opt, args.seed)
-    seg = OVSegmenter(gen, clip, templates=templates, background=not args.no_background, bg_alpha=args.bg_alpha,
-                      bg_pow=args.bg_pow, fill=args.fill, **cls_kw)  # fmt: skip
+    if args.glcc or args.engine:  # tusss.Predictor: GLCC classifier and/or engine backend (tusss.cli.serve)
+        from tusss.cli.serve import segment_predictor
+
+        seg = segment_predictor(args, cls_kw)
+        gen = seg.predictor.mask_generator
+    else:
+        gen = build_generator(args)
+        clip = build_clip(args.clip, args.weights, args.clip_preset, args.device, args.clip_opt, args.seed)
+        seg = OVSegmenter(gen, clip, templates=templates, background=not args.no_background, bg_alpha=args.bg_alpha,
+                          bg_pow=args.bg_pow, fill=args.fill, **cls_kw)  # fmt: skip
     cache = None
     if args.mask_cache:
         cache = MaskCache.for_generator(args.mask_cache, gen)
@@ -233,6 +241,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--fill", type=int, default=0, help="label of pixels no mask covers (default 0)")
     add_sam_args(p)
     add_clip_args(p)
+    from tusss.cli.serve import add_segment_predictor_args
+
+    add_segment_predictor_args(p)  # --glcc / --engine / --backend
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mask-cache", help="read/write SAM masks in this mask cache")
     p.add_argument("--overlay-alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")

@@ -52,10 +52,9 @@ def predictor_from_args(args: argparse.Namespace) -> Any:
         return Predictor.from_engine(args.engine, backend=args.backend, mask_options=mask_opts or None, **kw, **text)
     if args.backend:
         raise InputError("--backend needs --engine")
-    if args.clip_opt:
-        raise InputError("--clip-opt is not supported by tusss serve / segment --glcc; use --clip-preset")
     return Predictor.from_pretrained(sam=args.sam, checkpoint=args.checkpoint, clip=args.clip, weights=args.weights,
                                      mask_options=mask_opts or None, device=args.device, mask_preset=args.preset,
+                                     clip_options=parse_opts(args.clip_opt, "--clip-opt") or None,
                                      clip_preset=args.clip_preset, seed=args.seed, **kw, **text)
 
 
@@ -106,3 +105,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="torch seed for random weights (default 0)")
     p.set_defaults(func=cmd_serve)
+
+
+# ---------------------------------------------------------------------------------------------- segment hooks
+def add_segment_predictor_args(p: argparse.ArgumentParser) -> None:
+    """``tusss segment --glcc DIR --engine DIR --backend B`` (registered by :mod:`tusss.cli.ov`)."""
+    g = p.add_argument_group("predictor (tusss.Predictor)")
+    g.add_argument("--glcc", help="classify with a fitted GLCC directory (tusss fit: full / semi / weak) instead of "
+                   "text classes; its embedder identity must match --clip/--weights/--clip-preset")
+    g.add_argument("--engine", help="run SAM and DBA-CLIP on this engine directory (tusss-engine build); the models "
+                   "are rebuilt from its manifest (--sam/--checkpoint/--clip/--weights are ignored)")
+    g.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"),
+                   help="with --engine: backend (default the manifest's; torch = same weights in eager PyTorch)")
+
+
+class PredictorSegmenter:
+    """What ``tusss segment`` needs of a segmenter (``segment(image, masks)``, ``class_set``, ``fill``), on a
+    :class:`tusss.Predictor`."""
+
+    class _Set:
+        def __init__(self, source: str, templates: Any, bg_mode: str) -> None:
+            self.source, self.templates, self.bg_mode = source, templates, bg_mode
+
+    def __init__(self, predictor: Any, glcc: str | None) -> None:
+        self.predictor = predictor
+        c = predictor.classifier
+        if glcc:
+            self.class_set = self._Set(f"glcc:{glcc}", "", "glcc-background" if c.has_background else "none")
+        else:
+            cs = c._seg.class_set
+            self.class_set = self._Set(cs.source, cs.templates, cs.bg_mode)
+        self.fill = c.fill
+
+    def segment(self, image: Any, masks: Any = None) -> Any:
+        return self.predictor.predict(image, masks=masks)
+
+
+def segment_predictor(args: argparse.Namespace, cls_kw: dict[str, Any]) -> PredictorSegmenter:
+    """The segmenter of ``tusss segment --glcc / --engine``."""
+    from tusss.predictor import Predictor
+
+    if args.glcc and cls_kw:
+        raise InputError("--glcc classifies with the GLCC's own classes: drop --vocabulary / --classes")
+    kw = {"glcc": args.glcc} if args.glcc else dict(cls_kw)
+    if not args.glcc:
+        kw.update(templates=args.templates, background=not args.no_background, bg_alpha=args.bg_alpha,
+                  bg_pow=args.bg_pow, fill=args.fill)
+    mask_opts = parse_opts(args.sam_opt, "--sam-opt") or None
+    if args.engine:
+        pred = Predictor.from_engine(args.engine, backend=args.backend, mask_options=mask_opts, **kw)
+    else:
+        if args.backend:
+            raise InputError("--backend needs --engine")
+        pred = Predictor.from_pretrained(sam=args.sam, checkpoint=args.checkpoint, clip=args.clip,
+                                         weights=args.weights, mask_options=mask_opts, device=args.device,
+                                         clip_options=parse_opts(args.clip_opt, "--clip-opt") or None,
+                                         mask_preset=args.preset, clip_preset=args.clip_preset, seed=args.seed, **kw)
+    return PredictorSegmenter(pred, args.glcc)
