@@ -36,6 +36,7 @@ def dry_run(tmp_path_factory) -> dict:
     return data
 
 
+@pytest.mark.slow  # the dry run: ~20 s of CPU, up to ~80 s wall on the shared 2-core machine
 def test_dry_run_measures_every_stage(dry_run: dict) -> None:
     mod = _module()
     assert dry_run["meta"]["dry_run"] is True and dry_run["meta"]["device"] == "cpu"
@@ -52,6 +53,7 @@ def test_dry_run_measures_every_stage(dry_run: dict) -> None:
         assert f"| {what} | {anchor} | {goal} |" in dry_run["_md"]
 
 
+@pytest.mark.slow
 def test_dry_run_fast_masks_agree_and_kernels_match(dry_run: dict) -> None:
     rows = {(r["stage"], r["variant"]): r for r in dry_run["rows"]}
     fast = rows[("masks", "fast path, fp32")]
