@@ -17,8 +17,8 @@ from _tiny_datasets import make_image_folder, make_voc
 from PIL import Image
 
 from tusss.cli import build_parser, main
-from tusss.masks.cache import open_mask_cache
 from tusss.io import read_label
+from tusss.masks.cache import open_mask_cache
 
 # many overlapping masks of all levels from random weights: no thresholds, no NMS, no RSW
 SAM_OPTS = ["points_per_side=3", "crop_n_layers=0", "pred_iou_thresh=-10", "stability_score_thresh=-10",
@@ -203,6 +203,36 @@ def test_cli_bad_inputs(tmp_path, capsys):
         main(["frobnicate"])
     assert e.value.code == 2
     assert "segment" in build_parser().format_help()
+
+
+def test_segment_batch_with_a_corrupt_image_writes_every_other_image(tmp_path, capsys):
+    imgs = make_image_folder(tmp_path / "imgs", n=3, hw=(20, 24))
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in imgs:
+        shutil.copy(tmp_path / "imgs" / f"{i}.png", good / f"{i}.png")
+    # a truncated PNG (sorted between img0 and img1) and a file that is no image at all (sorted first)
+    data = (tmp_path / "imgs" / "img1.png").read_bytes()
+    (tmp_path / "imgs" / "img0b.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "imgs" / "aaa.png").write_bytes(b"not an image")
+    args = ["--vocabulary", "voc21", *_sam_args(), *_clip_args()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["segment", str(tmp_path / "imgs"), "--out", str(tmp_path / "o"), *args])
+        cap = capsys.readouterr()
+        assert main(["segment", str(good), "--out", str(tmp_path / "ref"), *args]) == 0
+    assert rc == 1  # some image failed
+    for bad in ("aaa", "img0b"):  # reported (naming the file), listed at the end, nothing written for it
+        assert f"{bad}.png" in cap.err and f"failed {bad}" in cap.err
+        assert not any((tmp_path / "o" / d / f"{bad}{ext}").exists()
+                       for d, ext in (("labels", ".png"), ("overlays", ".png"), ("masks", ".json")))  # fmt: skip
+    assert "3 image(s) written" in cap.out and "2 failed" in cap.out
+    for i in imgs:  # every other image written, exactly as in a batch without the bad files
+        for d, ext in (("labels", ".png"), ("overlays", ".png")):
+            np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / d / f"{i}{ext}")),
+                                          np.asarray(Image.open(tmp_path / "ref" / d / f"{i}{ext}")))  # fmt: skip
+        js, ref = (json.loads((tmp_path / r / "masks" / f"{i}.json").read_text()) for r in ("o", "ref"))
+        assert {k: v for k, v in js.items() if k != "image"} == {k: v for k, v in ref.items() if k != "image"}
 
 
 def test_console_script_entry_point():
