@@ -232,3 +232,52 @@ def test_a_bad_image_never_stops_the_run(tmp_path):
     assert not r2.failures and r2.stages["masks"] == "done" and r2.stages["fit"] == "done"
     clean = RecipeRunner(recipe, root, tmp_path / "clean", mask_generator=GridGenerator(), log=None).run()
     assert r2.metrics == clean.metrics
+
+
+def test_semi_recipes_build_the_authors_supervision(voc_root, tmp_path, monkeypatch):
+    """VOC semi (zeros for unlabelled, random sampler) and the COCO-style semi start (open-vocabulary scores
+    for the unlabelled rows, semi balance, two-stream sampler) reach GLCC.fit as the typed SemiSupervision the
+    recipe describes; the OV scores equal OVSegmenter.score image by image."""
+    from tusss.glcc.model import GLCC
+    from tusss.supervision import SemiSupervision
+
+    lab_file = voc_root / "third_party" / "semi_split" / "pascal" / "662" / "labeled.txt"
+    lab_file.parent.mkdir(parents=True, exist_ok=True)
+    lab_file.write_text("2007_000001\n2007_000004\n")
+    seen = []
+    real_fit = GLCC.fit
+
+    def fit(self, X, areas, ids, sup, **k):
+        seen.append((sup, self.config))
+        return real_fit(self, X, areas, ids, sup, **k)
+
+    monkeypatch.setattr(GLCC, "fit", fit)
+    gen = GridGenerator()
+    res = RecipeRunner(load_recipe("voc-semi-1-16", TINY + ["glcc.k=[5]"]), voc_root, tmp_path / "w",
+                       mask_generator=gen, log=None).run()
+    sup, cfg = seen[-1]
+    assert isinstance(sup, SemiSupervision) and sup.zero_shot_scores is None and not sup.balance_semi
+    ids = [f"2007_{i:06d}" for i in range(6)]
+    assert sup.labeled_images.tolist() == [i in ("2007_000001", "2007_000004") for i in ids]
+    assert cfg.alpha == 0.8 and cfg.k_bar == 3 and cfg.probe.sampler == "random"
+    m = GLCC.load(res.paths["fit"])
+    from tusss.data.store import EmbeddingStore
+
+    meta = EmbeddingStore(res.paths["embed_train"]).metadata()
+    lab_rows = np.isin(meta.image_id, ["2007_000001", "2007_000004"])
+    np.testing.assert_array_equal(m.pstar_[lab_rows], meta.gt_frac[lab_rows])  # labelled rows = GT
+
+    coco_style = load_recipe("voc-semi-1-16", TINY + ["glcc.k=[5]", "semi.start=ov", "semi.semi_balance=true",
+                                                      "probe.sampler=semi_balance", "text.vocabulary=voc"])
+    r2 = RecipeRunner(coco_style, voc_root, tmp_path / "w", mask_generator=gen, log=None)
+    r2.run()
+    sup2, cfg2 = seen[-1]
+    assert sup2.balance_semi and cfg2.probe.sampler == "semi_balance"
+    st = EmbeddingStore(r2.paths()["embed_train"])
+    X, meta = st.embeddings(), st.metadata()
+    seg = r2._ov_segmenter()
+    logits = r2.clip().logits(X, seg.text_embeddings())
+    for i in ids:
+        rows = meta.image_id == i
+        np.testing.assert_allclose(sup2.zero_shot_scores[rows], seg.score(logits[rows])[0], rtol=1e-5, atol=1e-7)
+    assert gen.calls == 8  # the masks were made once
