@@ -189,3 +189,21 @@ def test_torch_cuda_matches_float64():
     assert info.backend == "torch:cuda"
     ref = dense_solve(S, Y, 0.9)
     assert np.abs(P - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_bench_gpu_stages_dry_run():
+    """benchmarks/bench_glcc.gpu_stages at tiny sizes on the CPU (the GPU check's dry run) yields every figure."""
+    import importlib.util
+    from pathlib import Path
+
+    p = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_glcc.py"
+    spec = importlib.util.spec_from_file_location("bench_glcc_for_test", p)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    s, i, _ = mod.synthetic_knn_lists_torch(3000, 12)
+    assert (i != torch.arange(3000)[:, None]).all() and int(i.min()) >= 0 and int(i.max()) < 3000
+    r = mod.gpu_stages("cpu", {"knn": [(400, 16, 5)], "lp": [(600, 3, 8)],
+                               "inductive": {"n_train": 300, "dim": 16, "K": 3, "images": 4, "masks": 5, "batch": 2}})
+    for key in ("knn_400_s", "graph_600_s", "lp_600x3_s", "inductive_ms_per_image"):
+        assert np.isfinite(r[key]) and r[key] > 0, key
+    assert r["lp_600x3_iterations"] > 0
