@@ -201,13 +201,42 @@ def test_layout_reference_geometry():
     assert cs.groups[1].ys == (0, 112, 224, 288)
 
 
-def test_embed_masks_is_deterministic_and_batch_independent():
-    m = _tiny(**SMALL)
+@pytest.mark.parametrize("preset,kernels", [("reference", None), ("cityscapes", None), ("paper", "reference")])
+def test_embed_masks_is_deterministic_and_batch_independent(preset, kernels, monkeypatch):
+    """A batch of N windows gives each window what N separate single-window runs give (window features and the
+    final embeddings), and a repeated call is bit-identical."""
+    from tusss.clip.gsw import resize_image, window_crops, window_token_masks
+
+    if kernels:  # paper preset: one last-block pass per (window, mask), chunked across windows
+        monkeypatch.setenv("TUSSS_KERNELS", kernels)
+    over = dict(SMALL, max_batch_tokens=3 * 17) if preset == "paper" else dict(SMALL)
+    if preset == "cityscapes":
+        over = {"target_size": 112, "window_sizes": (64, 32)}
+    m = _tiny(preset, **over)
     hw = (80, 96)
     img, masks = _image(*hw, seed=9), _masks(*hw, seed=9)
     a = m.embed_masks(img, masks)
-    b = m.embed_masks(img, masks)
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, m.embed_masks(img, masks))
+
+    cfg, lay = m.cfg, m.layout(hw)
+    resized = normalize_image(resize_image(img, lay.resized_hw), cfg.image_mean, cfg.image_std)
+    m_t = torch.from_numpy(masks)
+    group = lay.groups[0]
+    crops, tm = window_crops(resized, group), window_token_masks(m_t, lay, group, cfg)
+    assert crops.shape[0] == group.n >= 4
+    batch = m.runner.features(crops, tm)
+    single = torch.cat([m.runner.features(crops[i:i + 1], tm[i:i + 1]) for i in range(group.n)], 0)
+    assert batch.shape == single.shape
+    assert _rel(batch.numpy(), single.numpy()) < 1e-5
+
+    features = m.runner.features  # the whole pipeline with every pass run one window at a time
+
+    def one_window_at_a_time(images, token_masks):
+        return torch.cat([features(images[i:i + 1], None if token_masks is None else token_masks[i:i + 1])
+                          for i in range(images.shape[0])], 0)
+
+    monkeypatch.setattr(m.runner, "features", one_window_at_a_time)
+    assert _rel(m.embed_masks(img, masks), a) < 1e-5
 
 
 @pytest.mark.cuda

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +11,6 @@ from torch import nn
 
 from tusss.clip.config import DBAClipConfig
 from tusss.kernels import (
-    ENV_VAR,
     PackedMasks,
     mask_bitsets,
     masked_dual_attention,
@@ -20,6 +18,7 @@ from tusss.kernels import (
     unpack_bitsets,
 )
 from tusss.kernels.attention_torch import build_attention_bias
+from tusss.kernels.backend import kernel_setting
 
 #: bias_value at or below which the per-mask bias runs packed: e^-30 ≈ 1e-13, below fp32 resolution.
 PACKED_MAX_BIAS = -30.0
@@ -29,7 +28,7 @@ def use_reference() -> bool:
     """``TUSSS_KERNELS=reference``: the plain materialised-bias PyTorch path: the PyTorch twin of the attention
     (tusss.kernels resolves ``reference`` to it) and, for ``bias="per_mask"``, one last-block pass per mask
     instead of the packed ragged attention."""
-    return os.environ.get(ENV_VAR, "").strip().lower() == "reference"
+    return kernel_setting() == "reference"
 
 
 @dataclass
@@ -99,19 +98,23 @@ class TowerRunner:
             self._pos_cache[key] = hit
         return hit
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images (H, W multiples of the patch) -> (B, 1 + h*w, D) after ln_pre."""
+    def embed(self, images: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) normalised images (H, W multiples of the patch) -> (B, 1 + h*w, D) after ln_pre.
+
+        ``pos_embed``: the (1 + h*w, D) positional embedding of the grid (default :meth:`pos_embed`; the exported
+        windows graph takes it as an input)."""
         v = self.visual
         x = v.conv1(images)
         B, D, h, w = x.shape
         x = x.reshape(B, D, h * w).permute(0, 2, 1)
         cls = v.class_embedding.to(x.dtype).view(1, 1, D).expand(B, 1, D)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed((h, w)).to(x.dtype)
+        pos = self.pos_embed((h, w)) if pos_embed is None else pos_embed
+        x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
         return v.ln_pre(x)
 
-    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+    def trunk(self, images: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings + blocks 0..n-2 (unchanged, no bias): (B, 3, H, W) -> (B, L, D)."""
-        x = self.embed(images)
+        x = self.embed(images, pos_embed)
         for blk in self.visual.transformer.resblocks[:-1]:
             x = blk(x)
         return x
@@ -147,33 +150,42 @@ class TowerRunner:
             x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
         return x
 
-    def last_block(self, x: torch.Tensor, token_masks: torch.Tensor | None) -> torch.Tensor:
+    def last_block(self, x: torch.Tensor, token_masks: torch.Tensor | None = None, *,
+                   attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """Modified last block (reference §2): x1 = rw x + aw W_o[A v], x2 = x1 + MLP(LN2(x1)).
+
+        The one implementation of the block: eager DBA-CLIP, the engine's exported windows graph
+        (:class:`tusss.export.clip.ClipWindowsGraph`, through ``attn_bias``) and the per-mask passes all run it;
+        the ``dual`` attention is the ``tusss::masked_dual_attention`` op (:func:`tusss.kernels.masked_dual_attention`).
 
         Args:
             x: (B, L, D) tokens entering the last block.
             token_masks: (B, M, L-1) bool (for ``bias="per_mask"``: one mask per sequence, M = 1), or their
                 (B, L-1, ceil(M/32)) int32 bitsets (:func:`tusss.kernels.mask_bitsets`) for the ``dual``
                 attention; ignored (may be None) for ``bias="none"``.
+            attn_bias: (B, L, L) float additive bias already materialised (the exported graphs' input), used as
+                is instead of ``token_masks`` whatever ``cfg.bias`` says (ignored by the ``identity`` attention).
         Returns:
             (B, L, D) tokens after the block.
         """
         cfg = self.cfg
         q, k, v = self._qkv(x)
-        tm = token_masks if cfg.bias != "none" else None
-        if cfg.attention == "dual":  # tusss.kernels: Triton (bias rebuilt from bitsets) or the PyTorch twin
+        tm = token_masks if (cfg.bias != "none" and attn_bias is None) else None
+        if cfg.attention == "dual":  # the custom op: Triton (bias rebuilt from bitsets) or the PyTorch twin
             o = masked_dual_attention(q, k, v, tm, bias_value=cfg.bias_value, cls_visible=cfg.cls_visible,
-                                      scale=cfg.scale, mode=cfg.attention_mode, force_diagonal=cfg.force_diagonal)
+                                      scale=cfg.scale, mode=cfg.attention_mode, force_diagonal=cfg.force_diagonal,
+                                      attn_bias=attn_bias)
         elif cfg.attention == "qk":
-            bias = None
-            if tm is not None:
+            bias = attn_bias
+            if bias is None and tm is not None:
                 if tm.dtype != torch.bool:
                     tm = unpack_bitsets(tm)
                 bias = build_attention_bias(
                     tm, bias_value=cfg.bias_value, cls_visible=cfg.cls_visible,
                     force_diagonal=cfg.force_diagonal, dtype=q.dtype,
-                )[:, None]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=cfg.scale)
+                )
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype)[:, None],
+                                               scale=cfg.scale)
         else:  # "identity": MaskCLIP (Eq. 5), every token keeps its own value vector
             o = v
         return self._finish(x, o.transpose(1, 2))

@@ -10,9 +10,10 @@ pass) -> per-token 512-d features.
                        (0 where two tokens share a mask, ``bias_value`` elsewhere; CLS row/column per preset)
     output  features   (N, h*w, 512) float32: LN_post + proj of the patch tokens (CLS discarded)
 
-Blocks 0..L-2 are open_clip's own; the last block is the dual-softmax block
-x1 = x + W_o[(softmax(s q qᵀ + Bias) + softmax(s k kᵀ + Bias)) v] (per head, same bias for all heads and
-both softmaxes), x2 = x1 + MLP(LN2(x1)), with the residual/attention weights of the preset.
+The graph is tusss' own eager code traced by ``torch.export``: the trunk, the modified last block and the
+readout of :class:`tusss.clip.block.TowerRunner` (blocks 0..L-2 are open_clip's own; the last block's dual
+attention is the ``tusss::masked_dual_attention`` op, given the bias input, and decomposes into its PyTorch twin
+at export: :func:`tusss.kernels.ops.decompose`), so the exported graphs and DBA-CLIP cannot drift apart.
 
 ``ClipTextGraph``: tokens (K, 77) int64 + EOT positions (K,) int64 -> (K, 512) float32 un-normalised text
 features, identical to ``model.encode_text(tokens)``; the EOT position is an input (instead of an
@@ -22,59 +23,10 @@ argmax over token ids inside the graph) so that the graph stays TensorRT-friendl
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def _mha_params(attn: nn.MultiheadAttention) -> tuple[torch.Tensor, torch.Tensor | None, nn.Linear, int]:
-    return attn.in_proj_weight, attn.in_proj_bias, attn.out_proj, int(attn.num_heads)
-
-
-def last_block(
-    blk: nn.Module,
-    x: torch.Tensor,
-    bias: torch.Tensor,
-    *,
-    attention: str = "dual",
-    mode: str = "sum",
-    scale: float | None = None,
-    residual_weight: float = 1.0,
-    attention_weight: float = 1.0,
-    keep_ffn: bool = True,
-) -> torch.Tensor:
-    """Reference §2 modified last block on (N, L, C) tokens with an (N, L, L) additive bias.
-
-    attention: "dual" -> A = S_q + S_k with S_q = softmax(s q qᵀ + Bias), S_k = softmax(s k kᵀ + Bias)
-    (mode "mean" halves A); "qk" -> CLIP's softmax(s q kᵀ + Bias); "identity" -> A v = v (MaskCLIP, the
-    bias is ignored). x1 = rw * x + aw * W_o(A v); x2 = x1 + MLP(LN2(x1)) when keep_ffn.
-    """
-    w, b, out_proj, heads = _mha_params(blk.attn)
-    N, L, C = x.shape
-    hd = C // heads
-    s = float(scale) if scale is not None else hd**-0.5
-    u = blk.ln_1(x)
-    qkv = F.linear(u, w, b).reshape(N, L, 3, heads, hd).permute(2, 0, 3, 1, 4)  # (3, N, h, L, hd)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    bb = bias.unsqueeze(1)  # the same bias for every head (and both softmaxes)
-    if attention == "identity":
-        o = v
-    elif attention == "qk":
-        o = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * s + bb, dim=-1), v)
-    elif attention == "dual":
-        s_q = torch.softmax(torch.matmul(q, q.transpose(-1, -2)) * s + bb, dim=-1)
-        s_k = torch.softmax(torch.matmul(k, k.transpose(-1, -2)) * s + bb, dim=-1)
-        a = s_q + s_k
-        if mode == "mean":
-            a = a * 0.5
-        o = torch.matmul(a, v)
-    else:
-        raise ValueError(f"unknown attention {attention!r}")
-    o = out_proj(o.transpose(1, 2).reshape(N, L, C))
-    x1 = residual_weight * x + attention_weight * blk.ls_1(o)
-    if not keep_ffn:
-        return x1
-    return x1 + blk.ls_2(blk.mlp(blk.ln_2(x1)))
-
+from tusss.clip.block import TowerRunner
+from tusss.clip.config import DBAClipConfig
 
 #: DBAClipConfig fields that the windows graph bakes in (recorded in the engine manifest).
 GRAPH_CONFIG_FIELDS = ("attention", "attention_mode", "scale", "residual_weight", "attention_weight", "keep_ffn")
@@ -90,28 +42,14 @@ class ClipWindowsGraph(nn.Module):
     def __init__(self, clip_model: nn.Module, config: object | None = None) -> None:
         super().__init__()
         self.visual = clip_model.visual
-        defaults = {"attention": "dual", "attention_mode": "sum", "scale": None, "residual_weight": 1.0,
-                    "attention_weight": 1.0, "keep_ffn": True}
-        self.opts = {k: getattr(config, k, d) for k, d in defaults.items()}
+        base = DBAClipConfig()
+        self.opts = {k: getattr(config, k, getattr(base, k)) for k in GRAPH_CONFIG_FIELDS}
+        self.runner = TowerRunner(self.visual, base.replace(**self.opts))
 
     def forward(self, pixels: torch.Tensor, pos_embed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        v = self.visual
-        x = v.conv1(pixels)
-        N, C = x.shape[0], x.shape[1]
-        x = x.reshape(N, C, -1).transpose(1, 2)
-        cls = v.class_embedding.reshape(1, 1, C).expand(N, -1, -1)
-        x = torch.cat([cls, x], dim=1) + pos_embed.unsqueeze(0)
-        x = v.ln_pre(x)
-        blocks = v.transformer.resblocks
-        for blk in blocks[:-1]:
-            x = blk(x)
-        o = self.opts
-        x = last_block(
-            blocks[-1], x, bias, attention=o["attention"], mode=o["attention_mode"], scale=o["scale"],
-            residual_weight=o["residual_weight"], attention_weight=o["attention_weight"], keep_ffn=o["keep_ffn"],
-        )
-        x = v.ln_post(x[:, 1:, :])
-        return x @ v.proj
+        """(N, 3, H, W), (1 + h*w, width), (N, L, L) float32 -> (N, h*w, D) float32."""
+        r = self.runner
+        return r.readout(r.last_block(r.trunk(pixels, pos_embed), attn_bias=bias))
 
 
 class ClipTextGraph(nn.Module):

@@ -9,6 +9,7 @@ exported graph's input shapes are checked against the requested dynamic axes aft
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import warnings
@@ -95,6 +96,30 @@ def export_module(
     prog.save(str(path), external_data=nbytes > EXTERNAL_DATA_BYTES)
     check_dynamic_axes(path, dynamic)
     return path
+
+
+def export_program(module: nn.Module, args: Sequence[torch.Tensor], dynamic_shapes: Sequence[object] | None
+                   ) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``module(*args)`` (eval mode, no grad) with tusss' custom ops decomposed into their
+    PyTorch twins (:func:`tusss.kernels.ops.decompose`): the program AOTInductor compiles (the ONNX exporter
+    captures the same way and decomposes the op through the global decomposition table, see tusss.kernels.ops).
+    ``dynamic_shapes``: one ``{axis: Dim}`` (or None) per positional argument."""
+    # torch.onnx.export's own capture (non-strict torch.export with 0/1-oblivious sizes and its retries): a plain
+    # torch.export.export call guards the batch axis != 1 inside open_clip's nn.MultiheadAttention
+    from torch.onnx._internal.exporter import _capture_strategies
+
+    from tusss.kernels.ops import decompose
+
+    names = list(inspect.signature(module.forward).parameters)[: len(args)]
+    shapes = dict(zip(names, dynamic_shapes)) if dynamic_shapes else None
+    errors = []
+    with torch.no_grad():
+        for strategy in _capture_strategies.CAPTURE_STRATEGIES:
+            res = strategy(verbose=False)(module.eval(), tuple(args), None, dynamic_shapes=shapes)
+            if res.success and res.exported_program is not None:
+                return decompose(res.exported_program)
+            errors.append(f"{strategy.__name__}: {res.exception}")
+    raise InputError(f"torch.export of {type(module).__name__} failed: " + "; ".join(errors))
 
 
 def graph_io(path: str | os.PathLike) -> tuple[dict[str, list], dict[str, list]]:

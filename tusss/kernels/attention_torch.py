@@ -6,8 +6,9 @@ the CLS column is 0 when ``cls_visible``, else ``bias_value`` (Cityscapes config
 is not forced to 0 unless ``force_diagonal`` (paper's B = m̂m̂ᵀ ∨ I).
 
 The twin materialises the (B, 1, L, L) float bias once (shared by all heads and both softmaxes) and calls
-``scaled_dot_product_attention`` twice. It is also DBAClip's plain PyTorch path (``TUSSS_KERNELS=torch`` or
-``reference``); :func:`build_attention_bias` is the one home of the dense bias.
+``scaled_dot_product_attention`` twice. It is the CPU kernel of the ``tusss::masked_dual_attention`` op
+(tusss/kernels/ops.py), DBAClip's plain PyTorch path (``TUSSS_KERNELS=torch`` or ``reference``) and the
+decomposition of the op in the exported graphs; :func:`build_attention_bias` is the one home of the dense bias.
 """
 
 from __future__ import annotations
@@ -49,12 +50,26 @@ def build_attention_bias(token_masks: torch.Tensor, *, bias_value: float = -4.0,
 
 def dual_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bitsets: torch.Tensor | None, *,
                          bias_value: float = -4.0, cls_visible: bool = True, scale: float | None = None,
-                         mode: str = "sum", force_diagonal: bool = False) -> torch.Tensor:
-    """q, k, v (B, H, L, hd) float; bitsets (B, L-1, W) int32 or None (no bias) -> (B, H, L, hd) in q's dtype."""
+                         mode: str = "sum", force_diagonal: bool = False,
+                         attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The one PyTorch implementation of the dual-softmax attention (CPU kernel and fallback of the
+    ``tusss::masked_dual_attention`` op, the reference of its Triton kernel, and the decomposition the exported
+    ONNX / AOTInductor graphs are made of).
+
+    Args:
+        q, k, v: (B, H, L, hd) float.
+        bitsets: (B, L-1, W) int32 membership words (bias built here with :func:`build_attention_bias`), or None.
+        attn_bias: (B, L, L) float additive bias already materialised (the exported graphs' input); used as is
+            when given (``bitsets`` must then be None).
+    Returns:
+        (B, H, L, hd) in q's dtype.
+    """
     if scale is None:
         scale = q.shape[-1] ** -0.5
     bias = None
-    if bitsets is not None:
+    if attn_bias is not None:
+        bias = attn_bias.to(q.dtype)[:, None]
+    elif bitsets is not None:
         bias = build_attention_bias(unpack_bitsets(bitsets), bias_value=bias_value, cls_visible=cls_visible,
                                     force_diagonal=force_diagonal, dtype=q.dtype)[:, None]
     out = F.scaled_dot_product_attention(q, q, v, attn_mask=bias, scale=scale)

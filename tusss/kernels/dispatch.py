@@ -1,33 +1,25 @@
-"""Backend selection for the DBA-CLIP kernels: ``TUSSS_KERNELS=triton|torch|auto|reference`` (default auto).
-
-auto  = Triton for CUDA tensors (when triton is installed), the PyTorch twin otherwise (CPU).
-triton = always Triton; on CPU tensors this needs the interpreter (TRITON_INTERPRET=1 set before the kernel
-         modules are imported), else an InputError is raised.
-torch = always the PyTorch twin.
-reference = the PyTorch twin, and DBAClip runs the per-mask bias (``paper`` preset) as one last-block pass per mask
-         instead of the packed ragged attention (the plain materialised-bias path).
-The variable is read at every call. Both backends compute the same function (tests check it).
+"""Public entry points of the DBA-CLIP kernels: input checks, then the ``tusss::masked_dual_attention`` op
+(tusss/kernels/ops.py) or the packed ``paper`` attention; backend selection by ``TUSSS_KERNELS`` (read once per
+call, in tusss/kernels/backend.py: triton|torch|auto|reference, default auto).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
 from tusss.errors import InputError
 
-from . import attention_torch, packed, pooling
-from ._triton_util import HAS_TRITON, interpreting
+from . import ops, packed, pooling
+from .backend import ENV_VAR, kernel_setting, resolve_backend
 from .bitsets import mask_bitsets
 from .packed import PackedMasks, pack_token_masks
 
-__all__ = ["ENV_VAR", "resolve_backend", "masked_dual_attention", "paper_attention", "paper_packed_attention",
+__all__ = ["ENV_VAR", "kernel_setting", "resolve_backend", "masked_dual_attention", "paper_attention",
+           "paper_packed_attention",
            "mask_pool_weights", "mask_pool", "gsw_pool_weights", "layout_pool_weights", "gsw_pool",
            "mask_bitsets", "pack_token_masks",
            "PackedMasks"]
 
-ENV_VAR = "TUSSS_KERNELS"
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 mask_pool_weights = pooling.mask_pool_weights
@@ -35,23 +27,6 @@ mask_pool = pooling.mask_pool
 gsw_pool_weights = pooling.gsw_pool_weights
 layout_pool_weights = pooling.layout_pool_weights
 gsw_pool = pooling.gsw_pool
-
-
-def resolve_backend(t: torch.Tensor, backend: str | None = None) -> str:
-    """'triton' or 'torch' for tensor ``t``, from ``backend`` or ``$TUSSS_KERNELS`` (auto when unset)."""
-    choice = (backend or os.environ.get(ENV_VAR, "auto") or "auto").strip().lower()
-    if choice not in ("auto", "triton", "torch", "reference"):
-        raise InputError(f"{ENV_VAR} must be one of triton|torch|auto|reference, got {choice!r}")
-    if choice in ("torch", "reference"):
-        return "torch"
-    if choice == "auto":
-        return "triton" if (HAS_TRITON and t.is_cuda) else "torch"
-    if not HAS_TRITON:
-        raise InputError(f"{ENV_VAR}=triton but triton is not installed")
-    if not t.is_cuda and not interpreting():
-        raise InputError(f"{ENV_VAR}=triton needs CUDA tensors (got device {t.device}) or TRITON_INTERPRET=1 "
-                         "set before tusss.kernels is imported")
-    return "triton"
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -74,16 +49,19 @@ def _check_mode(mode: str) -> None:
 
 def masked_dual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masks: torch.Tensor | None, *,
                           bias_value: float = -4.0, cls_visible: bool = True, scale: float | None = None,
-                          mode: str = "sum", force_diagonal: bool = False, backend: str | None = None
-                          ) -> torch.Tensor:
+                          mode: str = "sum", force_diagonal: bool = False, backend: str | None = None,
+                          attn_bias: torch.Tensor | None = None) -> torch.Tensor:
     """DBA-CLIP last-block attention, (softmax(s·qqᵀ+Bias) + softmax(s·kkᵀ+Bias))·v (reference §2).
 
-    DBAClip's last block (tusss/clip/block.py) calls this with bitsets built once per window batch.
+    Checks the inputs and calls the ``tusss::masked_dual_attention`` custom op (tusss/kernels/ops.py): the
+    Triton kernel (bias rebuilt from bitsets) when selected, else the PyTorch twin; under ``torch.export`` one
+    graph node. DBAClip's last block (tusss/clip/block.py) calls this with bitsets built once per window batch,
+    the exported graphs with the materialised bias ``attn_bias``.
 
     Args:
         q, k, v: (B, heads, L, head_dim) float32/float16/bfloat16; token 0 is CLS.
         masks: (B, M, L-1) bool token masks, or their (B, L-1, ceil(M/32)) int32 bitsets (:func:`mask_bitsets`;
-            build them once per forward and reuse them), or None (no bias: plain dual softmax, SDPA).
+            build them once per forward and reuse them), or None (no bias unless ``attn_bias``).
         bias_value: Bias where two patch tokens share no mask (−4 in the reference).
         cls_visible: patch→CLS bias 0 (True) or ``bias_value`` (False, Cityscapes config). The CLS query row
             is never biased.
@@ -91,32 +69,38 @@ def masked_dual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
         mode: "sum" (reference) or "mean" (halved, paper Eq. 9).
         force_diagonal: every token sees itself (paper's B = m̂m̂ᵀ ∨ I); reference False.
         backend: override of ``$TUSSS_KERNELS``.
+        attn_bias: (B, L, L) float additive bias, already materialised (:func:`attention_torch.build_attention_bias`;
+            the input of the exported graphs); excludes ``masks``; always runs the PyTorch twin.
     Returns:
         (B, heads, L, head_dim), dtype of q.
     """
     _check_qkv(q, k, v)
     _check_mode(mode)
-    b, _, L, _ = q.shape
-    if masks is None:
-        return attention_torch.dual_attention_torch(q, k, v, None, scale=scale, mode=mode)
-    if masks.dtype == torch.bool:
-        if masks.dim() != 3 or masks.shape[0] != b or masks.shape[2] != L - 1:
-            raise InputError(f"token masks must be (B={b}, M, L-1={L - 1}) bool, got {tuple(masks.shape)}")
-        bits = mask_bitsets(masks)
-    elif masks.dtype == torch.int32:
-        if masks.dim() != 3 or masks.shape[0] != b or masks.shape[1] != L - 1:
-            raise InputError(f"bitsets must be (B={b}, L-1={L - 1}, W) int32, got {tuple(masks.shape)}")
-        bits = masks
-    else:
-        raise InputError(f"masks must be bool token masks or int32 bitsets, got {masks.dtype}")
-    bits = bits.to(q.device)
-    kw = {"bias_value": bias_value, "cls_visible": cls_visible, "scale": scale, "mode": mode,
-          "force_diagonal": force_diagonal}
-    if resolve_backend(q, backend) == "triton":
-        from . import attention_triton
-
-        return attention_triton.dual_attention_triton(q, k, v, bits, **kw)
-    return attention_torch.dual_attention_torch(q, k, v, bits, **kw)
+    b, _, L, hd = q.shape
+    bits = None
+    if attn_bias is not None:
+        if masks is not None:
+            raise InputError("give token masks / bitsets or a materialised attn_bias, not both")
+        if attn_bias.dim() != 3 or attn_bias.shape[0] != b or attn_bias.shape[1] != L or attn_bias.shape[2] != L:
+            raise InputError(f"attn_bias must be (B={b}, L={L}, L={L}), got {tuple(attn_bias.shape)}")
+        if not attn_bias.is_floating_point():
+            raise InputError(f"attn_bias must be a float tensor, got {attn_bias.dtype}")
+    elif masks is not None:
+        if masks.dtype == torch.bool:
+            if masks.dim() != 3 or masks.shape[0] != b or masks.shape[2] != L - 1:
+                raise InputError(f"token masks must be (B={b}, M, L-1={L - 1}) bool, got {tuple(masks.shape)}")
+            bits = mask_bitsets(masks)
+        elif masks.dtype == torch.int32:
+            if masks.dim() != 3 or masks.shape[0] != b or masks.shape[1] != L - 1:
+                raise InputError(f"bitsets must be (B={b}, L-1={L - 1}, W) int32, got {tuple(masks.shape)}")
+            bits = masks
+        else:
+            raise InputError(f"masks must be bool token masks or int32 bitsets, got {masks.dtype}")
+        bits = bits.to(q.device)
+    kernel_setting(backend)  # a bad TUSSS_KERNELS is an InputError here, not an error inside the op
+    s = float(hd**-0.5 if scale is None else scale)
+    return ops.masked_dual_attention_op(q, k, v, bits, attn_bias, float(bias_value), bool(cls_visible), s,
+                                        mode == "mean", bool(force_diagonal), backend or "")
 
 
 def paper_packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed_masks: PackedMasks, *,
