@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tusss.data.classes import CITYSCAPES_CLASSES, COCO_OBJECT_CLASSES, COCO_STUFF_CLASSES, VOC_CLASSES
+from tusss.data.classes import CITYSCAPES_CLASSES, COCO_OBJECT_CLASSES, COCO_STUFF_CLASSES, COCO_THINGS, VOC_CLASSES
 from tusss.errors import InputError
 
 # CLIP-ES new_class_names (VOC, 20 fg names with synonyms)
@@ -37,19 +37,12 @@ COCO_BG_NAMES: tuple[str, ...] = (
     "railway", "railroad", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street",
     "valley", "bridge",
 )
-# SCLIP cls_coco_object.txt lines 2..81 (line 1 is SCLIP's own background line, replaced by COCO_BG_NAMES)
+# SCLIP cls_coco_object.txt lines 2..81 (line 1 is SCLIP's own background line, replaced by COCO_BG_NAMES): the
+# 80 COCO thing names, the first one with SCLIP's person synonyms
 COCO_OBJECT_SCLIP_NAMES: tuple[str, ...] = (
     "person, person in shirt, person in jeans, person in dress, person in sweater, person in skirt, "
     "person in jacket, body",
-    "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
+    *COCO_THINGS[1:],
 )
 # SCLIP cls_coco_stuff.txt (171 names)
 COCO_STUFF_SCLIP_NAMES: tuple[str, ...] = (

@@ -16,8 +16,7 @@ tusss.engine`` loads neither ONNX Runtime nor TensorRT.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tusss._lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     # runtime
@@ -53,14 +52,4 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tusss.engine' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
