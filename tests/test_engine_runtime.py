@@ -147,6 +147,12 @@ def test_bench_torch_and_onnxruntime(tmp_path):
             st = b["stages"][s]
             assert st["n"] == 2 and 0 < st["median_s"] <= st["p90_s"] * 1.0001 and st["peak_rss_mb"] > 0
         assert len(b["masks_per_image"]) == 2 and all(n > 0 for n in b["masks_per_image"])
+        pr = b["predictor"]  # tusss.Predictor rows on the same models
+        assert pr["end_to_end"]["n"] == 2 and pr["given_masks"]["n"] == pr["hand_given_masks"]["n"] == 2
+        assert pr["overhead_vs_hand"] is not None
+    calls = res["backends"]["onnxruntime"]["graph_calls"]
+    assert calls.get("sam_encoder", 0) > 0 and calls.get("sam_decoder", 0) > 0 and calls.get("clip_windows", 0) > 0
+    assert res["backends"]["torch"]["graph_calls"] == {}
     table = format_table(res)
     assert "onnxruntime" in table and "embeddings" in table
     json.loads(json.dumps(res))

@@ -9,6 +9,10 @@ With random weights SAM's predicted IoUs rarely pass the preset thresholds; when
 embedding stage uses a fixed grid of rectangular masks instead (``mask_source`` says which), so that the
 embedding and classification stages are always measured on a realistic number of masks.
 
+Each backend also times :class:`tusss.Predictor` on the same models (``predictor``): end to end per image, and
+on given masks against the hand-assembled path (its overhead); ``graph_calls`` counts the runs of each engine
+graph (the SAM decoder graph included), so a row cannot silently fall back to PyTorch.
+
 Backends: ``torch`` (PyTorch eager), ``onnxruntime`` (an engine built here, in a temporary directory or
 ``--engine-dir``), ``tensorrt`` (GPU only). All backends run the same seeded models on the same images.
 """
@@ -178,6 +182,49 @@ def _pipeline(cfg: BenchConfig, backend: str, models: Any, engine_root: Path, lo
     return eng.attach(gen), eng.attach(clip), setup
 
 
+def _predictor_rows(cfg: BenchConfig, gen: Any, clip: Any, seg: Any, images: list[np.ndarray], log, backend: str
+                    ) -> dict[str, Any]:
+    """``tusss.Predictor`` on the same generator / DBA-CLIP: end to end per image (SAM masks), and on given
+    masks against the hand-assembled path (drop empty masks, embed, 100 cos, score, paint), interleaved per
+    image so that both see the same machine load; overhead = median(predictor) / median(hand) - 1."""
+    from tusss.classify import TextClassifier
+    from tusss.labels import paint_labels
+    from tusss.predictor import Predictor
+
+    p = Predictor(gen, clip, TextClassifier(clip, vocabulary=cfg.vocabulary))
+    p.classifier.warm_up()
+    text = seg.text_embeddings()
+    e2e, given_p, given_h = [], [], []
+    for i, img in enumerate(images):
+        rec = i >= cfg.warmup
+        t0 = time.perf_counter()
+        r = p.predict(img)
+        t_e2e = time.perf_counter() - t0
+        ms = r.masks if len(r.masks) else grid_masks(img.shape[:2])
+        for order in (0, 1):  # hand path first on even images, predictor first on odd ones
+            if (i + order) % 2 == 0:
+                t0 = time.perf_counter()
+                keep = np.flatnonzero(ms.masks.reshape(len(ms), -1).any(1))
+                m2 = ms.subset(keep)
+                emb = clip.embed_masks(img, m2.masks)
+                _, labels, conf = seg.score(clip.logits(emb, text))
+                paint_labels(m2.masks, labels, m2.level, conf, fill=seg.fill)
+                t_h = time.perf_counter() - t0
+            else:
+                t0 = time.perf_counter()
+                p.predict(img, masks=ms)
+                t_p = time.perf_counter() - t0
+        if rec:
+            e2e.append(t_e2e)
+            given_p.append(t_p)
+            given_h.append(t_h)
+        log(f"[bench] {backend} image {i}: predictor end to end {t_e2e:.2f} s; given masks: predictor {t_p:.3f} s, "
+            f"hand-assembled {t_h:.3f} s")
+    sp, sh = summarize(given_p), summarize(given_h)
+    return {"end_to_end": summarize(e2e), "given_masks": sp, "hand_given_masks": sh,
+            "overhead_vs_hand": (sp["median_s"] / sh["median_s"] - 1.0) if sh.get("median_s") else None}
+
+
 def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     """Run the benchmark described by ``cfg``; returns the JSON-able result dict."""
     from tusss.labels import paint_labels
@@ -257,7 +304,10 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
                 log(f"[bench] {backend} image {i}: masks {t_masks:.2f} s ({len(ms)} {src}), "
                     f"embeddings {t_emb:.2f} s, classification {t_cls * 1e3:.1f} ms")
             total = [a + b + c for a, b, c in zip(per["masks"], per["embeddings"], per["classification"])]
+            pred = _predictor_rows(cfg, gen, clip, seg, images, log, backend)
             result["backends"][backend] = {
+                "predictor": pred,
+                "graph_calls": dict(getattr(getattr(gen, "engine", None), "calls", {}) or {}),
                 "setup": setup,
                 "stages": {s: {**summarize(per[s]), "peak_rss_mb": mem[s] / 2**20,
                                **({"peak_cuda_mb": cuda_mem[s] / 2**20} if torch.cuda.is_available() else {})}
@@ -309,6 +359,13 @@ def format_table(result: dict[str, Any]) -> str:
             parts.insert(0, f"build {s['build_s']:.1f} s, load {s['load_s']:.1f} s, providers {s['providers']}")
         masks = r["masks_per_image"]
         setup.append(f"  {name}: {', '.join(parts)}; masks/image {masks} from {sorted(set(r['mask_source']))}")
+        pr = r.get("predictor")
+        if pr and pr["end_to_end"].get("n"):
+            ov = pr.get("overhead_vs_hand")
+            setup.append(f"  {name}: tusss.Predictor end to end median {pr['end_to_end']['median_s']:.3f} s; on given "
+                         f"masks {pr['given_masks']['median_s']:.3f} s vs hand-assembled "
+                         f"{pr['hand_given_masks']['median_s']:.3f} s ("
+                         + (f"{100 * ov:+.1f}%" if ov is not None else "n/a") + f"); graph runs {r.get('graph_calls')}")
     return "\n".join([head, *lines, "setup:", *setup])
 
 
