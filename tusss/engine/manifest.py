@@ -9,6 +9,7 @@ Layout of an engine directory::
     clip_text.onnx           CLIP text encoder
     <graph>.onnx.data        ONNX external data, for graphs over ~2 GB
     <graph>.plan             TensorRT plans (backend tensorrt) + timing.cache
+    <graph>.pt2              AOTInductor packages (backend inductor; no ONNX files, ``onnx`` is "")
 
 Every file is listed with its size and sha256; :func:`read_manifest` + :meth:`Manifest.verify_files`
 refuse a corrupt, incomplete or foreign directory with a message that says what is wrong and how to fix it.
@@ -28,8 +29,8 @@ from tusss.persist import atomic_write_text, corrupt
 FORMAT = "tusss-engine"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "tensorrt", "inductor")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")  # bf16: inductor only
 GRAPHS = ("sam_encoder", "sam_decoder", "clip_windows", "clip_text")
 _FIX = "rebuild the engine with `tusss-engine build`"
 
@@ -119,13 +120,11 @@ def read_manifest(engine_dir: str | os.PathLike) -> Manifest:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise corrupt(p, f"engine manifest is not valid JSON ({e})", _FIX) from e
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CorruptFileError(f"{p} is not a tusss engine manifest (format {raw.get('format')!r})"
-                               if isinstance(raw, dict) else f"{p} is not a tusss engine manifest")
+        raise corrupt(p, f"is not a tusss engine manifest (format {raw.get('format')!r})" if isinstance(raw, dict)
+                      else "is not a tusss engine manifest", _FIX)
     if raw.get("format_version") != FORMAT_VERSION:
-        raise CorruptFileError(
-            f"engine {d} has manifest format version {raw.get('format_version')}, this tusss reads version "
-            f"{FORMAT_VERSION}; rebuild the engine with this tusss"
-        )
+        raise corrupt(p, f"engine manifest format version {raw.get('format_version')}, this tusss reads version "
+                      f"{FORMAT_VERSION}", "rebuild the engine with this tusss (`tusss-engine build`)")
     try:
         graphs = {k: GraphEntry(**v) for k, v in raw.pop("graphs").items()}
         m = Manifest(graphs=graphs, **raw)
