@@ -113,6 +113,7 @@ def test_run_weak_resume_and_noop(voc_root, tmp_path, monkeypatch):
     p = res.paths
     m = GLCC.load(p["fit"])
     assert m.kind_ == "weak" and m.k_graph_ == 3
+    assert m.provenance["clip_model"] == "tusss-tiny" and m.provenance["mask_config_hash"] == gen.config_hash
     st = EmbeddingStore(p["embed_eval"])
     meta = st.metadata()
     s = m.predict(st.embeddings())

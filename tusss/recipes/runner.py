@@ -327,7 +327,7 @@ class RecipeRunner:
                 "weights": self.recipe["clip"]["weights"], "clip_preset": self.recipe["clip"]["preset"],
                 "clip_opt": [f"{k}={json.dumps(v)}" for k, v in sorted(self.recipe["clip"]["opts"].items())],
                 "mask_config_hash": cache.config_hash, "class_names": list(ds.class_names),
-                "has_background": bool(ds.has_background)}
+                "has_background": bool(ds.has_background), "embedder": clip.identity()}
         w = StoreWriter(root, clip.model.visual.output_dim, dtype=self.recipe["clip"]["dtype"],
                         num_classes=ds.num_classes if has_gt else None, shard_size=self.shard_size,
                         meta=_strip(meta))
@@ -427,6 +427,7 @@ class RecipeRunner:
                                fg_method=fg_method(t["fg"]), bg_method=bg_method(t["bg"])), X, meta
 
     def stage_fit(self) -> str:
+        from tusss.data.store import EmbeddingStore
         from tusss.errors import CorruptFileError
         from tusss.glcc.model import GLCC
 
@@ -440,6 +441,9 @@ class RecipeRunner:
         sup, X, meta = self.supervision()
         m = GLCC(glcc_config(self.recipe), class_names=list(self.dataset("train").class_names))
         m.fit(X, meta.area, meta.image_id, sup, progress=self.progress)
+        info = EmbeddingStore(self.paths()["embed_train"]).index.get("meta", {})
+        if isinstance(info.get("embedder"), dict):  # provenance checked by tusss.Predictor (tusss.classify)
+            m.provenance = {**info["embedder"], "mask_config_hash": info.get("mask_config_hash")}
         m.save(root)
         self.log(f"fit: GLCC ({self.recipe.kind}) on {len(X)} masks -> {root}")
         return "done"
