@@ -132,11 +132,10 @@ class GLCCClassifier(Classifier):
         """Build the kNN index over the training embeddings once (GLCC keeps it warm for every later call)."""
         if self._warm:
             return
-        warm = getattr(self.glcc, "warm_up", None) or getattr(self.glcc, "build_index", None)
-        if callable(warm):
-            warm()
-        else:  # one tiny query builds and keeps whatever GLCC caches
-            self.glcc.predict(self.glcc.X_[:1])
+        index = getattr(self.glcc, "knn_index", None)
+        if callable(index):
+            index().build()  # GLCC keeps this KnnIndex (torch tensor on the device / faiss index) for every predict
+        self.glcc.predict(self.glcc.X_[:1])  # and one tiny query through the whole path
         self._warm = True
 
     def classify(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -188,8 +188,8 @@ class Predictor:
         from tusss.engine.models import load_models
         from tusss.engine.runtime import Engine
 
-        if backend not in (None, "torch", "onnxruntime", "tensorrt"):
-            raise InputError(f"backend must be None, 'torch', 'onnxruntime' or 'tensorrt', got {backend!r}")
+        if backend not in (None, "torch", "onnxruntime", "tensorrt", "inductor"):
+            raise InputError(f"backend must be None, 'torch', 'onnxruntime', 'tensorrt' or 'inductor', got {backend!r}")
         man = read_manifest(engine_dir)
         if not man.sam or not man.clip:
             raise InputError(f"engine {engine_dir} lacks SAM or CLIP graphs: a predictor needs both (rebuild it "

@@ -31,7 +31,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--engine", help="engine directory (tusss-engine build): the models it describes run on its "
                    "graphs (--sam/--clip/--checkpoint/--weights are then taken from its manifest)")
-    g.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"),
+    g.add_argument("--backend", choices=("onnxruntime", "tensorrt", "inductor", "torch"),
                    help="with --engine: the backend (default the manifest's; torch = same weights, eager PyTorch)")
 
 
@@ -115,7 +115,7 @@ def add_segment_predictor_args(p: argparse.ArgumentParser) -> None:
                    "text classes; its embedder identity must match --clip/--weights/--clip-preset")
     g.add_argument("--engine", help="run SAM and DBA-CLIP on this engine directory (tusss-engine build); the models "
                    "are rebuilt from its manifest (--sam/--checkpoint/--clip/--weights are ignored)")
-    g.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"),
+    g.add_argument("--backend", choices=("onnxruntime", "tensorrt", "inductor", "torch"),
                    help="with --engine: backend (default the manifest's; torch = same weights in eager PyTorch)")
 
 
