@@ -13,7 +13,8 @@ Stages (issue 12's table; the anchors and goals are written beside each figure):
 * ``clip``: DBA-CLIP ViT-B/16 ``reference`` preset (GSW: global pass + 224 windows at stride 56), ms/img for 64 masks,
   kernels ``auto`` (Triton on CUDA) and ``torch``.
 * ``dba_last_block``: the dual-softmax last-block attention of all windows of one image in one batch: Triton kernel
-  vs the PyTorch twin vs ``scaled_dot_product_attention`` with a float bias (fp32 and bf16) vs FlexAttention.
+  (also replayed from a CUDA graph) vs the PyTorch twin vs ``scaled_dot_product_attention`` with a float bias
+  (fp32 and bf16) vs compiled FlexAttention, each with its relative error against the twin.
 * ``knn_*``, ``lp_*``, ``glcc_inference``: from ``benchmarks/bench_glcc.py``'s ``gpu_stages(device, sizes)`` when
   it exists (rows: dicts with ``stage``, ``variant``, ``ms``, optional ``unit``, ``extrapolated``, ``note``), else
   the fallbacks here: exact kNN from float16 tiles + ``torch.topk`` (timed on a slice of the queries and
@@ -381,6 +382,22 @@ def stage_dba_block(ck: Check, budget: float, S: dict) -> None:
     if dev.startswith("cuda"):
         ms, o = timeit(lambda: masked_dual_attention(q, k, v, tm, backend="triton"), dev, repeats=20, max_s=per)
         ck.add("dba_last_block", "Triton kernel fp32", ms, "ms", rel_err=err(o), note=f"rel err {err(o):.2e}")
+        try:  # launch overhead: the same call captured once in a CUDA graph, timed by replay
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    masked_dual_attention(q, k, v, tm, backend="triton")
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                o_g = masked_dual_attention(q, k, v, tm, backend="triton")
+            ms, _ = timeit(graph.replay, dev, repeats=50, max_s=per)
+            ck.add("dba_last_block", "Triton kernel fp32, CUDA graph replay", ms, "ms", rel_err=err(o_g),
+                   note=f"rel err {err(o_g):.2e}")
+        except Exception as e:  # e.g. a host sync inside the op: not capturable
+            ck.add("dba_last_block", "Triton kernel fp32, CUDA graph replay", None, "ms",
+                   note=f"capture failed: {type(e).__name__}: {str(e)[:120]}")
     else:
         ck.add("dba_last_block", "Triton kernel fp32", None, "ms", note="needs CUDA")
     bias = build_attention_bias(tm)[:, None]  # (B, 1, L, L) float
