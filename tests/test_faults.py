@@ -179,6 +179,21 @@ def test_kill_and_resume_gives_the_uninterrupted_output(world, tmp_path, command
     assert not [p for p in tmp_path.rglob(f"*{TMP_SUFFIX}")], "temporary files left behind"
 
 
+def test_kill_hook_in_a_fresh_cli_process(world, tmp_path) -> None:
+    """The same kill, in a freshly started ``python -m tusss.cli`` (no fork): killed after one image, resumed."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "masks"
+    argv = world["cmds"]["masks"](out)  # type: ignore[index]
+    env = {**os.environ, "TUSSS_FAULT_KILL_AFTER": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "tusss.cli", *argv], env=env, capture_output=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr.decode()[-2000:]
+    assert len(MaskCache(out, "x").ids()) == 1
+    assert quiet_main(argv) == 0
+    assert tree(out) == tree(world["masks"])
+
+
 # ------------------------------------------------------------------------------------------------ corruptions
 def truncate(p: Path) -> None:
     b = p.read_bytes()

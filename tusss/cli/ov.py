@@ -204,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(line)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(json_clean(res), indent=1, allow_nan=False))
+        atomic_write_text(args.out, json.dumps(json_clean(res), indent=1, allow_nan=False))
     return 0
 
 
