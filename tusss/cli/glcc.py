@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,16 @@ from tusss.persist import FailureLog, ItemFailedError, atomic_write_text, fault_
 from tusss.weights import WEIGHT_SOURCE_HELP
 
 __all__ = ["register"]
+
+
+def embed_store_meta(args: argparse.Namespace, ds: Any, cache: Any) -> dict[str, Any]:
+    """The index meta of an embedding store written by ``tusss embed`` (and ``tusss embed --ray``): where the
+    masks and images came from and how they were embedded."""
+    return {"dataset": args.dataset, "split": args.split, "root": str(Path(args.root).resolve()),
+            "ids_file": str(Path(args.ids_file).resolve()) if args.ids_file else None,
+            "clip": args.clip, "weights": args.weights,
+            "clip_preset": args.clip_preset, "clip_opt": args.clip_opt or [], "mask_config_hash": cache.config_hash,
+            "class_names": list(ds.class_names), "has_background": bool(ds.has_background)}  # fmt: skip
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -47,11 +58,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cache = open_mask_cache(args.mask_cache)
     has_gt = not args.no_gt and ds.label(ids[0]) is not None
     clip = build_clip(args.clip, args.weights, args.clip_preset, args.device, args.clip_opt, args.seed)
-    meta = {"dataset": args.dataset, "split": args.split, "root": str(Path(args.root).resolve()),
-            "ids_file": str(Path(args.ids_file).resolve()) if args.ids_file else None,
-            "clip": args.clip, "weights": args.weights,
-            "clip_preset": args.clip_preset, "clip_opt": args.clip_opt or [], "mask_config_hash": cache.config_hash,
-            "class_names": list(ds.class_names), "has_background": bool(ds.has_background),
+    meta = {**embed_store_meta(args, ds, cache),
             "embedder": clip.identity()}  # CLIP model / weights sha256 / preset: GLCC provenance (tusss.classify)
     w = StoreWriter(args.out, clip.model.visual.output_dim, dtype=args.dtype,
                     num_classes=ds.num_classes if has_gt else None, shard_size=args.shard_size, meta=meta)

@@ -119,12 +119,10 @@ def run_embed(args: argparse.Namespace) -> int:
         raise InputError(f"{args.dataset} split {args.split!r} has no images")
     cache = open_mask_cache(args.mask_cache)
     has_gt = not args.no_gt and ds.label(ids[0]) is not None
-    # the store's index meta of the single-process `tusss embed` (tusss/cli/glcc.py), field for field
-    meta = {"dataset": args.dataset, "split": args.split, "root": str(Path(args.root).resolve()),
-            "ids_file": str(Path(args.ids_file).resolve()) if args.ids_file else None,
-            "clip": args.clip, "weights": args.weights,
-            "clip_preset": args.clip_preset, "clip_opt": args.clip_opt or [], "mask_config_hash": cache.config_hash,
-            "class_names": list(ds.class_names), "has_background": bool(ds.has_background)}
+    # the store's index meta of the single-process `tusss embed`, from the same function
+    from tusss.cli.glcc import embed_store_meta
+
+    meta = embed_store_meta(args, ds, cache)
     spec = ClipSpec(args.clip, parse_weight_source(args.weights, official="openai"), args.clip_preset,
                     parse_opts(args.clip_opt, "--clip-opt"), seed=args.seed, device=args.device)
     res = ray_embed(ds, cache.root, cache.config_hash, args.out, spec, ids=ids, dtype=args.dtype,
