@@ -401,6 +401,16 @@ def test_embed_skips_and_records_a_truncated_cache_file(world, tmp_path, capsys)
     assert not idx["complete"] and done == ref.image_ids[: ref.image_ids.index(bad_id)]  # kept, then stopped
 
 
+def test_masks_regenerates_a_damaged_cache_file(world, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(world["masks"], cache)
+    victim = sorted(cache.glob("*.npz"))[2]
+    truncate(victim)
+    argv = world["cmds"]["masks"](cache)  # type: ignore[index]
+    assert quiet_main(argv) == 0
+    assert tree(cache) == tree(world["masks"])
+
+
 def test_cli_errors_are_one_line_unless_debug(world, tmp_path, capsys) -> None:
     model = tmp_path / "model"
     shutil.copytree(world["fit"], model)
