@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import torch
@@ -14,7 +15,10 @@ try:  # triton is optional at run time (CPU-only installs use the PyTorch twins)
 except Exception:  # pragma: no cover - depends on the install
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "interpreting", "device_key", "triton_usable", "dual_softmax_tile"]
+__all__ = ["HAS_TRITON", "LOG2E", "interpreting", "device_key", "triton_usable", "dual_softmax_tile", "kernel_configs",
+           "prepare_qkv", "head_dim_pad", "require_triton"]
+
+LOG2E = 1.0 / math.log(2.0)  # the kernels use exp2: logits are scaled by log2(e)
 
 
 def interpreting() -> bool:
@@ -41,6 +45,36 @@ def device_key(t: torch.Tensor) -> int:
         name = torch.cuda.get_device_name(t.device)
         return zlib.crc32(name.encode()) & 0x3FFFFFFF
     return 0
+
+
+def require_triton() -> None:
+    """Raise when triton is missing (the kernels' entry points; dispatch only selects Triton when present)."""
+    if not HAS_TRITON:  # pragma: no cover
+        raise RuntimeError("triton is not installed")
+
+
+def kernel_configs(interpreter: tuple[int, int], gpu: list[tuple[int, int, int, int]]) -> list:
+    """Autotune configs: one (BLOCK_M, BLOCK_N) config under the CPU interpreter (it runs numpy per tile: large
+    tiles = few iterations; one config = no benchmarking), else the GPU list of (BLOCK_M, BLOCK_N, warps, stages)."""
+    import triton
+
+    if interpreting():
+        bm, bn = interpreter
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)  # pragma: no cover
+            for bm, bn, w, st in gpu]
+
+
+def prepare_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, k, v with unit stride on the head dimension (the kernels' loads assume it)."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+
+
+def head_dim_pad(hd: int) -> int:
+    """Head dimension padded to a power of two >= 16 (tl.dot's minimum)."""
+    import triton
+
+    return max(16, triton.next_power_of_2(hd))
 
 
 if HAS_TRITON:

@@ -8,32 +8,20 @@ Reference §2 ("Modified last block", "Attention bias").
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._triton_util import HAS_TRITON, device_key, interpreting
-
-if HAS_TRITON:
-    from ._triton_util import dual_softmax_tile
+from ._triton_util import HAS_TRITON, LOG2E, device_key, head_dim_pad, kernel_configs, prepare_qkv, require_triton
 
 __all__ = ["dual_attention_triton"]
-
-LOG2E = 1.0 / math.log(2.0)
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    if interpreting():
-        # The CPU interpreter runs numpy per tile: large tiles = few iterations; one config = no benchmarking.
-        _CONFIGS = [triton.Config({"BLOCK_M": 256, "BLOCK_N": 256}, num_warps=4, num_stages=1)]
-    else:  # pragma: no cover - needs a GPU
-        _CONFIGS = [
-            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in [(64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3),
-                                 (64, 64, 4, 3), (128, 128, 8, 2), (32, 64, 4, 2)]
-        ]
+    from ._triton_util import dual_softmax_tile
+
+    _CONFIGS = kernel_configs((256, 256), [(64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3),
+                                           (64, 64, 4, 3), (128, 128, 8, 2), (32, 64, 4, 2)])
 
     @triton.autotune(configs=_CONFIGS, key=["L", "NW", "HD", "dev_key"], cache_results=True)
     @triton.jit
@@ -97,16 +85,15 @@ def dual_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bit
                           bias_value: float = -4.0, cls_visible: bool = True, scale: float | None = None,
                           mode: str = "sum", force_diagonal: bool = False) -> torch.Tensor:
     """Triton version of :func:`kernels.attention_torch.dual_attention_torch` (same arguments/shapes)."""
-    if not HAS_TRITON:  # pragma: no cover
-        raise RuntimeError("triton is not installed")
+    require_triton()
     bsz, nh, L, hd = q.shape
     if scale is None:
         scale = hd**-0.5
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v = prepare_qkv(q, k, v)
     bitsets = bitsets.contiguous()
     out = torch.empty_like(q)
     nw = bitsets.shape[-1]
-    hd_pad = max(16, triton.next_power_of_2(hd))
+    hd_pad = head_dim_pad(hd)
 
     def grid(meta):
         return (bsz * nh, triton.cdiv(L, meta["BLOCK_M"]))

@@ -7,31 +7,21 @@ own keys: the total work is Σ n_m² instead of M·L².
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._triton_util import HAS_TRITON, device_key, interpreting
-
-if HAS_TRITON:
-    from ._triton_util import dual_softmax_tile
+from ._triton_util import HAS_TRITON, LOG2E, device_key, head_dim_pad, kernel_configs, prepare_qkv, require_triton
 from .packed import PackedMasks
 
 __all__ = ["packed_attention_triton"]
-
-LOG2E = 1.0 / math.log(2.0)
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    if interpreting():
-        _CONFIGS = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    else:  # pragma: no cover - needs a GPU
-        _CONFIGS = [
-            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in [(32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (32, 64, 4, 3)]
-        ]
+    from ._triton_util import dual_softmax_tile
+
+    _CONFIGS = kernel_configs((64, 64), [(32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2),
+                                         (32, 64, 4, 3)])
 
     @triton.autotune(configs=_CONFIGS, key=["MAXLEN_BUCKET", "HD", "dev_key"], cache_results=True)
     @triton.jit
@@ -93,12 +83,11 @@ if HAS_TRITON:
 def packed_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedMasks, *,
                             cls_visible: bool = True, scale: float | None = None, mode: str = "sum") -> torch.Tensor:
     """Triton version of :func:`kernels.packed.packed_attention_torch` (same arguments, (T, H, hd) output)."""
-    if not HAS_TRITON:  # pragma: no cover
-        raise RuntimeError("triton is not installed")
+    require_triton()
     _, nh, _, hd = q.shape
     if scale is None:
         scale = hd**-0.5
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v = prepare_qkv(q, k, v)
     out = torch.empty(packed.total, nh, hd, dtype=v.dtype, device=v.device)
     if packed.total == 0:
         return out
@@ -107,7 +96,7 @@ def packed_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     offs = packed.seg_offsets.to(dev).contiguous()
     segb = packed.seg_batch.to(dev).contiguous()
     maxlen = max(packed.max_len, 1)
-    hd_pad = max(16, triton.next_power_of_2(hd))
+    hd_pad = head_dim_pad(hd)
 
     def grid(meta):
         return (packed.num_segments, triton.cdiv(maxlen, meta["BLOCK_M"]), nh)
