@@ -161,6 +161,8 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
     Returns:
         X (N, K) tensor (B's dtype and device), :class:`CGInfo`.
     """
+    from torch.linalg import vecdot
+
     N, K = B.shape
     Xout = torch_zeros_like(B)
     bnorm2 = (B * B).sum(0)
@@ -180,10 +182,10 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
             Q = matvec(P)
             calls += 1
             cols += act.size
-            a = rr / (P * Q).sum(0)
+            a = rr / vecdot(P, Q, dim=0)  # column dot products without an (N, k) temporary
             X.addcmul_(P, a)
             R.addcmul_(Q, a, value=-1.0)
-            rr_new = (R * R).sum(0)
+            rr_new = vecdot(R, R, dim=0)
             P.mul_(rr_new / rr).add_(R)
             rr = rr_new
             iters[act] = it + 1
