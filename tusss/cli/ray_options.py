@@ -119,16 +119,22 @@ def run_embed(args: argparse.Namespace) -> int:
         raise InputError(f"{args.dataset} split {args.split!r} has no images")
     cache = open_mask_cache(args.mask_cache)
     has_gt = not args.no_gt and ds.label(ids[0]) is not None
-    # the store's index meta of the single-process `tusss embed`, from the same function
+    # the store's index meta of the single-process `tusss embed`: the same function, plus the embedder identity
+    # (weights sha256 ...) that `tusss embed` takes from its model, here from one build in a Ray task
     from tusss.cli.glcc import embed_store_meta
+    from tusss.distributed import init_ray, probe_clip, require_ray
 
-    meta = embed_store_meta(args, ds, cache)
     spec = ClipSpec(args.clip, parse_weight_source(args.weights, official="openai"), args.clip_preset,
                     parse_opts(args.clip_opt, "--clip-opt"), seed=args.seed, device=args.device)
-    res = ray_embed(ds, cache.root, cache.config_hash, args.out, spec, ids=ids, dtype=args.dtype,
-                    shard_size=args.shard_size, with_gt=has_gt, meta=meta, pool=pool_from_args(args),
-                    progress=not args.no_progress, address=_address(args), num_cpus=args.ray_num_cpus,
-                    fail_fast=bool(getattr(args, "fail_fast", False)))
+    started = init_ray(_address(args), num_cpus=args.ray_num_cpus)
+    try:
+        meta = {**embed_store_meta(args, ds, cache), "embedder": probe_clip(spec)}
+        res = ray_embed(ds, cache.root, cache.config_hash, args.out, spec, ids=ids, dtype=args.dtype,
+                        shard_size=args.shard_size, with_gt=has_gt, meta=meta, pool=pool_from_args(args),
+                        progress=not args.no_progress, fail_fast=bool(getattr(args, "fail_fast", False)))
+    finally:
+        if started:
+            require_ray().shutdown()
     print(f"embed (ray): {len(res['embedded'])} image(s) embedded, {len(res['skipped'])} already stored, "
           f"{len(res['failed'])} failed -> {args.out} [{_workers(res)}]")
     return _report_failures(res, args.out)

@@ -19,6 +19,7 @@ from tusss.distributed.extract import (
     PoolConfig,
     SamSpec,
     failures_path,
+    probe_clip,
     probe_generator,
     ray_cache_masks,
     ray_embed,
@@ -26,4 +27,4 @@ from tusss.distributed.extract import (
 )
 
 __all__ = ["LOCAL", "RayUnavailableError", "init_ray", "require_ray", "ClipSpec", "GeneratorInfo", "PoolConfig",
-           "SamSpec", "failures_path", "probe_generator", "ray_cache_masks", "ray_embed", "read_failures"]
+           "SamSpec", "failures_path", "probe_clip", "probe_generator", "ray_cache_masks", "ray_embed", "read_failures"]

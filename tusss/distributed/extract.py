@@ -43,7 +43,7 @@ from tusss.distributed.cluster import cluster_resources, init_ray, require_ray
 from tusss.errors import CorruptFileError, InputError
 from tusss.persist import FailureLog, ItemFailedError, remove_stale_temps
 
-__all__ = ["PoolConfig", "SamSpec", "ClipSpec", "GeneratorInfo", "probe_generator", "ray_cache_masks",
+__all__ = ["PoolConfig", "SamSpec", "ClipSpec", "GeneratorInfo", "probe_clip", "probe_generator", "ray_cache_masks",
            "ray_embed", "failures_path", "read_failures"]
 
 _PICKLE = 5
@@ -207,6 +207,16 @@ def probe_generator(spec: SamSpec) -> GeneratorInfo:
     """Build the generator once in a Ray task (where the checkpoint lives) and return its identity."""
     ray = require_ray()
     return ray.get(ray.remote(num_cpus=0.25)(_generator_info).remote(spec))
+
+
+def _clip_identity(spec: ClipSpec) -> dict[str, str]:
+    return dict(spec.build("cpu").identity())
+
+
+def probe_clip(spec: ClipSpec) -> dict[str, str]:
+    """``DBAClip.identity()`` (model, weights sha256, preset, config hash) of ``spec``, built once in a Ray task."""
+    ray = require_ray()
+    return ray.get(ray.remote(num_cpus=0.25)(_clip_identity).remote(spec))
 
 
 # ---------------------------------------------------------------------------------------------- failures
