@@ -46,9 +46,9 @@ def embed_store_meta(args: argparse.Namespace, ds: Any, cache: Any) -> dict[str,
             "class_names": list(ds.class_names), "has_background": bool(ds.has_background)}  # fmt: skip
 
 
-def cmd_embed(args: argparse.Namespace) -> int:
+def embed_inputs(args: argparse.Namespace) -> tuple[Any, list[str], Any, bool]:
+    """What ``tusss embed`` (and ``tusss embed --ray``) embeds: (dataset, image ids, mask cache, record GT?)."""
     from tusss.data.datasets import get_dataset
-    from tusss.data.store import StoreWriter, gt_class_fractions
     from tusss.masks.cache import open_mask_cache
 
     ds = get_dataset(args.dataset, args.root, args.split, ids_file=args.ids_file)
@@ -56,7 +56,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not ids:
         raise InputError(f"{args.dataset} split {args.split!r} has no images")
     cache = open_mask_cache(args.mask_cache)
-    has_gt = not args.no_gt and ds.label(ids[0]) is not None
+    return ds, ids, cache, not args.no_gt and ds.label(ids[0]) is not None
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from tusss.data.store import StoreWriter, gt_class_fractions
+
+    ds, ids, cache, has_gt = embed_inputs(args)
     clip = build_clip(args.clip, args.weights, args.clip_preset, args.device, args.clip_opt, args.seed)
     meta = {**embed_store_meta(args, ds, cache),
             "embedder": clip.identity()}  # CLIP model / weights sha256 / preset: GLCC provenance (tusss.classify)
