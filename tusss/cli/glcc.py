@@ -333,7 +333,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int)
     p.add_argument("--k-bar", type=int)
     p.add_argument("--probe-iters", type=int, default=10_000)
-    p.add_argument("--knn-backend", default="torch", choices=["torch", "faiss", "faiss-ivf", "faiss-hnsw"])
+    p.add_argument("--knn-backend", default="torch",
+                   choices=["torch", "torch-tiled", "faiss", "faiss-ivf", "faiss-hnsw"],
+                   help="kNN graph search; torch-tiled: exact tiles with a running top-k (float16 products on CUDA)")
     add_common(p)
     p.set_defaults(func=cmd_fit)
 
