@@ -84,6 +84,8 @@ def test_build_graph_from_shards_equals_in_memory_graph(shards):
     g2 = build_graph(RowBlocks(shards), k=6)
     np.testing.assert_allclose(g2.S.toarray(), g1.S.toarray(), atol=1e-6)
     np.testing.assert_allclose(g2.degree, g1.degree, rtol=1e-5)
+    g3 = build_graph(X, k=6, backend="torch-tiled", db_tile=50, row_tile=20)
+    np.testing.assert_allclose(g3.S.toarray(), g1.S.toarray(), atol=1e-6)
 
 
 def test_rowblocks_rows_and_take(shards):
