@@ -254,11 +254,12 @@ class RecipeRunner:
             import torch
 
             from tusss.clip.model import DBAClip
+            from tusss.weights import parse_weight_source
 
             c = self.recipe["clip"]
             torch.manual_seed(self.seed)
-            self._clip = DBAClip.from_pretrained(c["model"], weights=None if c["weights"] == "random" else c["weights"],
-                                                 preset=c["preset"], device=self.device,
+            w = parse_weight_source(c["weights"], official="openai")
+            self._clip = DBAClip.from_pretrained(c["model"], weights=w, preset=c["preset"], device=self.device,
                                                  **{k: tuple(v) if isinstance(v, list) else v
                                                     for k, v in c["opts"].items()})
         return self._clip
@@ -266,10 +267,11 @@ class RecipeRunner:
     def generator(self):
         if self._gen is None:
             from tusss.masks.generator import MaskGenerator
+            from tusss.weights import parse_weight_source
 
             m = self.recipe["masks"]
-            self._gen = MaskGenerator.from_pretrained(m["sam"], checkpoint=None if m["checkpoint"] == "random"
-                                                      else m["checkpoint"], preset=m["preset"], device=self.device,
+            self._gen = MaskGenerator.from_pretrained(m["sam"], checkpoint=parse_weight_source(m["checkpoint"]),
+                                                      preset=m["preset"], device=self.device,
                                                       **m["overrides"])
         return self._gen
 
