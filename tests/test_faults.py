@@ -411,6 +411,17 @@ def test_masks_regenerates_a_damaged_cache_file(world, tmp_path) -> None:
     assert tree(cache) == tree(world["masks"])
 
 
+def test_segment_regenerates_a_damaged_cache_file(world, tmp_path, capsys) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(world["masks"], cache)
+    victim = sorted(cache.glob("*.npz"))[1]
+    truncate(victim)
+    out = tmp_path / "seg"
+    assert quiet_main([*world["cmds"]["segment"](out), "--mask-cache", str(cache)]) == 0  # type: ignore[index]
+    assert str(victim) in capsys.readouterr().err  # reported as a warning
+    assert tree(out) == tree(world["segment"]) and tree(cache) == tree(world["masks"])
+
+
 def test_cli_errors_are_one_line_unless_debug(world, tmp_path, capsys) -> None:
     model = tmp_path / "model"
     shutil.copytree(world["fit"], model)

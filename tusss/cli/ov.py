@@ -161,7 +161,11 @@ def _segment_one(args: argparse.Namespace, src: ImageSource, i: str, seg: Any, g
 
     lab_p, ov_p, js_p = _outputs(out, i)
     image = src.image(i)
-    masks = cache.get(i) if cache is not None else None
+    try:
+        masks = cache.get(i) if cache is not None else None
+    except CorruptFileError as e:  # a damaged cache file is regenerated and replaced, as `tusss masks` does
+        print(f"warning: {i}: {e}; regenerating it", file=sys.stderr)
+        masks = None
     if masks is None:
         masks = gen.generate(image)
         if cache is not None:
