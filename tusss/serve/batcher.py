@@ -5,7 +5,8 @@ server answers 503 + Retry-After). One worker thread takes the first waiting req
 ``max_wait_ms`` for more (at most ``max_batch`` in all), groups them by kind (segment / embed) and class
 override, and runs each group as ONE :meth:`tusss.Predictor.predict_batch` / ``embed_batch`` call, so the SAM
 encoder and the DBA-CLIP window passes of the group run as single batches. ``max_batch=1`` turns batching off.
-An exception of one request's group is delivered to the requests of that group only; the worker goes on.
+When a batch fails, its requests are re-run one by one, so an exception reaches only the request that caused
+it; the worker goes on.
 """
 
 from __future__ import annotations
@@ -125,8 +126,12 @@ class MicroBatcher:
                 res = self.predictor.predict_batch(images, classes=jobs[0].classes)
             else:
                 res = self.predictor.embed_batch(images)
-        except BaseException as e:  # delivered to this group's requests; the worker goes on
-            for j in jobs:
+        except BaseException as e:
+            if len(jobs) > 1:  # one bad image must not fail its batch-mates: run them one by one
+                for j in jobs:
+                    self._run(kind, [j])
+                return
+            for j in jobs:  # delivered to this request; the worker goes on
                 if not j.future.done():
                     j.future.set_exception(e)
         else:
