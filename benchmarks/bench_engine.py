@@ -8,6 +8,10 @@ Rows (random weights, CPU unless a GPU is present):
 * DBA-CLIP ViT-B-16 reference: 40 windows of 224 (a 448 x 608 image at stride 56) and the global pass
   (448 x 608): ORT fp32 vs tusss' ``TowerRunner.features``;
 * DBA-CLIP windows ORT int8 (dynamic quantisation) vs ORT fp32: speed and cosine to the eager output.
+* ``--rows inductor``: AOTInductor packages (``tusss-engine build --backend inductor``) vs ONNX Runtime vs eager for
+  the SAM encoder (batch 1), the decoder at ``--prompts`` prompts and the DBA-CLIP windows of one 448 x 608 image
+  (40 windows of 224), with compile time and package size (:func:`inductor_rows`; on the GPU machine
+  ``benchmarks/gpu_check.py`` calls the same function with fp16 / bf16 and ``torch.compile``).
 
 Ratios are against the eager baseline measured in the same run (median of ``--repeats`` after one
 warm-up call). "Where time goes": one profiled ONNX Runtime run per graph, time per op type.
@@ -61,13 +65,139 @@ def op_profile(path: Path, feeds: dict, threads: int) -> dict[str, float]:
     return {k: round(v / total, 4) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:8]}
 
 
+def _stage_inputs(stage: str, sam, clip, prompts: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Benchmark inputs of one engine graph (CPU float32 / int64)."""
+    if stage == "sam_encoder":
+        S = int(sam.image_encoder.img_size)
+        return {"images": torch.randn(1, 3, S, S, generator=gen)}
+    if stage == "sam_decoder":
+        S = int(sam.image_encoder.img_size)
+        C, (h, w) = sam.prompt_encoder.embed_dim, sam.prompt_encoder.image_embedding_size
+        return {"image_embeddings": torch.randn(1, C, h, w, generator=gen),
+                "point_coords": torch.rand(prompts, 1, 2, generator=gen) * S, "point_labels": torch.ones(prompts, 1)}
+    if stage == "clip_windows":  # the 40 windows of 224 of one 448 x 608 image, 24 masks
+        from tusss.clip.attention import build_attention_bias
+
+        cfg, n, g = clip.cfg, 40, clip.runner.base_grid
+        tm = torch.rand(n, 24, g[0] * g[1], generator=gen) > 0.9
+        return {"pixels": torch.randn(n, 3, 224, 224, generator=gen), "pos_embed": clip.runner.pos_embed(g),
+                "bias": build_attention_bias(tm, bias_value=cfg.bias_value, cls_visible=cfg.cls_visible)}
+    raise ValueError(stage)
+
+
+def inductor_rows(*, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",),
+                  stages: tuple[str, ...] = ("sam_encoder", "sam_decoder", "clip_windows"), sam_type: str = "vit_b",
+                  clip_name: str = "ViT-B-16", prompts: int = 256, repeats: int = 3, with_ort: bool | None = None,
+                  with_compile: bool | None = None, workdir: str | os.PathLike | None = None,
+                  log=lambda s: print(s, file=sys.stderr, flush=True)) -> list[dict]:
+    """AOTInductor vs eager (vs ONNX Runtime on CPU, vs ``torch.compile`` on GPU) per engine graph, one run.
+
+    GPU rows for the GPU check: ``benchmarks/gpu_check.py`` calls
+    ``inductor_rows(device="cuda", precisions=("fp16", "bf16"))`` (random weights, ~10 min of compile on an H200 for
+    vit_b + ViT-B-16; ``stages=`` / ``sam_type=`` make it smaller) and gets one dict per (stage, precision):
+
+    ``{"row", "stage", "device", "precision", "eager_s", "inductor_s", "speedup_vs_eager", "compile_s",
+    "package_mb", "rel", "cosine", "min_row_cosine"}`` (errors against the fp32 eager output), plus
+    ``"ort_s"``/``"speedup_vs_ort"`` (CPU) or ``"compile_s_torch_compile"``/``"torch_compile_s"``/
+    ``"speedup_vs_torch_compile"`` (GPU). Eager at fp16/bf16 = the graph module cast to that dtype.
+    """
+    import copy
+
+    from tusss.clip.model import DBAClip
+    from tusss.engine.build import Limits, graph_specs
+    from tusss.engine.check import compare
+    from tusss.engine.graphs import OrtGraph
+    from tusss.engine.inductor import DTYPE_NAMES, DTYPES, InductorGraph, compile_graph
+    from tusss.export.onnx_io import export_module, graph_io
+    from tusss.masks.sam_registry import build_sam
+
+    with_ort = (device == "cpu") if with_ort is None else with_ort
+    with_compile = (device == "cuda") if with_compile is None else with_compile
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    sam = build_sam(sam_type, None)[0].eval() if any(s.startswith("sam") for s in stages) else None
+    clip = DBAClip.from_pretrained(clip_name, weights=None) if "clip_windows" in stages else None
+    specs = graph_specs(sam, clip.model if clip else None, clip.cfg if clip else None,
+                        Limits(decoder_batch=(1, prompts, max(prompts, 1024))))
+    gen = torch.Generator().manual_seed(0)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-inductor-", dir=workdir) as td, torch.no_grad():
+        td = Path(td)
+        for stage in stages:
+            sp = specs[stage]
+            feeds = _stage_inputs(stage, sam, clip, prompts, gen)
+            args = [feeds[n] for n in sp["inputs"]]
+            ref = sp["module"](*args)
+            ref = ref[0] if isinstance(ref, (tuple, list)) else ref
+            ort_s = None
+            if with_ort:
+                path = export_module(sp["module"], sp["args"], td / f"{stage}.onnx", input_names=sp["inputs"],
+                                     output_names=sp["outputs"], dynamic=sp["dynamic"])
+                ins, outs = graph_io(path)
+                g = OrtGraph(path, {n: {"dtype": "float32", "shape": ins[n]} for n in sp["inputs"]}, list(outs),
+                             ["CPUExecutionProvider"], torch.get_num_threads())
+                ort_s, _, _ = timed(lambda: g.run(feeds)[0], repeats)  # noqa: B023
+            for prec in precisions:
+                dt = DTYPES[prec]
+                mod = sp["module"] if (prec == "fp32" and device == "cpu") else \
+                    copy.deepcopy(sp["module"]).to(device=device, dtype=dt).eval()
+                xs = [a.to(device=device, dtype=dt) if a.is_floating_point() else a.to(device) for a in args]
+
+                def eager(_m=mod, _xs=xs):
+                    o = _m(*_xs)
+                    sync()
+                    return o
+
+                eager_s, _, _ = timed(eager, repeats)
+                pkg = td / f"{stage}_{prec}.pt2"
+                _, _, compile_s = compile_graph(sp["module"], sp["args"], pkg, input_names=sp["inputs"],
+                                                output_names=sp["outputs"], dynamic=sp["dynamic"], device=device,
+                                                precision=prec)
+                specs_in = {n: {"dtype": DTYPE_NAMES[x.dtype], "shape": []} for n, x in zip(sp["inputs"], xs)}
+                ig = InductorGraph(pkg, specs_in, sp["outputs"], device)
+
+                def run_ind(_ig=ig, _feeds=feeds):
+                    o = _ig.run(_feeds)
+                    sync()
+                    return o[0]
+
+                ind_s, _, got = timed(run_ind, repeats)
+                r = {"row": f"{stage}_{sam_type if stage.startswith('sam') else clip_name}_{prec}_{device}",
+                     "stage": stage, "device": device, "precision": prec, "eager_s": eager_s, "inductor_s": ind_s,
+                     "speedup_vs_eager": eager_s / ind_s, "compile_s": compile_s,
+                     "package_mb": pkg.stat().st_size / 1e6, **compare(ref, got.float().cpu())}
+                if ort_s is not None:
+                    r.update({"ort_s": ort_s, "speedup_vs_ort": ort_s / ind_s})
+                if with_compile:
+                    t0 = time.perf_counter()
+                    cm = torch.compile(mod)
+                    cm(*xs)
+                    sync()
+                    r["compile_s_torch_compile"] = time.perf_counter() - t0
+
+                    def run_tc(_cm=cm, _xs=xs):
+                        o = _cm(*_xs)
+                        sync()
+                        return o
+
+                    tc_s, _, _ = timed(run_tc, repeats)
+                    r.update({"torch_compile_s": tc_s, "speedup_vs_torch_compile": tc_s / ind_s})
+                rows.append(r)
+                log(f"[bench_engine] {r['row']}: eager {eager_s:.3f} s, inductor {ind_s:.3f} s "
+                    f"({eager_s / ind_s:.2f}x)" + (f", ORT {ort_s:.3f} s ({ort_s / ind_s:.2f}x)" if ort_s else "")
+                    + f", compile {compile_s:.0f} s, {r['package_mb']:.1f} MB, rel {r['rel']:.1e}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=256)
-    ap.add_argument("--rows", default="encoder,decoder,clip", help="subset of encoder,decoder,clip; other rows "
-                    "already in --out are kept")
+    ap.add_argument("--rows", default="encoder,decoder,clip", help="subset of encoder,decoder,clip,inductor; other "
+                    "rows already in --out are kept")
+    ap.add_argument("--sam", default="vit_b", help="SAM model of the inductor rows")
+    ap.add_argument("--clip", default="ViT-B-16", help="CLIP model of the inductor rows")
     ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "engine.json"))
     a = ap.parse_args(argv)
     rows = {r.strip() for r in a.rows.split(",")}
@@ -103,10 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"[bench_engine] {name}: eager {base_s:.3f} s, engine {eng_s:.3f} s, {base_s / eng_s:.2f}x, "
             f"rel {cmp['rel']:.1e}, cos {cmp['cosine']:.6f}")
 
+    if "inductor" in rows:
+        res["rows"] += inductor_rows(device="cpu", precisions=("fp32",), sam_type=a.sam, clip_name=a.clip,
+                                     prompts=a.prompts, repeats=a.repeats, log=log)
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as td, torch.no_grad():
         td = Path(td)
         res["export_s"] = {}
-        sam, _ = build_sam("vit_b", None)
+        sam, _ = build_sam("vit_b", None) if rows & {"encoder", "decoder", "clip"} else (None, None)
         x = torch.randn(1, 3, 1024, 1024)
         emb = None
         # ---------------------------------------------------------------- SAM vit_b encoder
@@ -196,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(res, indent=2))
     print(f"{'row':<40} {'eager':>9} {'engine':>9} {'speedup':>8} {'rel err':>9} {'cosine':>9}")
     for r in res["rows"]:
+        if "inductor_s" in r:
+            print(f"{r['row']:<40} {r['eager_s']:9.3f} {r['inductor_s']:9.3f} {r['speedup_vs_eager']:7.2f}x "
+                  f"{r['rel']:9.1e} {r['cosine']:9.6f}  (ORT {r.get('ort_s', float('nan')):.3f} s, compile "
+                  f"{r['compile_s']:.0f} s, {r['package_mb']:.1f} MB)")
+            continue
         e = r.get("engine_s", r.get("int8_ort_s"))
         b = r.get("eager_s") if "engine_s" in r else r.get("fp32_ort_s")
         print(f"{r['row']:<40} {b:9.3f} {e:9.3f} {r['speedup']:7.2f}x {r['rel']:9.1e} {r['cosine']:9.6f}")

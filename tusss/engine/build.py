@@ -151,12 +151,25 @@ def _union(profiles: list[dict[str, list[int]]]) -> dict[str, list[int]]:
     return out
 
 
-def check_backend(backend: str, precision: str) -> None:
+def check_backend(backend: str, precision: str, device: str = "cpu") -> None:
     """Refuse, before anything is written, a build that cannot complete on this machine."""
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if backend == "inductor":
+        from .inductor import PRECISIONS as INDUCTOR_PRECISIONS
+        from .inductor import require_device
+
+        if precision not in INDUCTOR_PRECISIONS:
+            raise InputError(f"precision {precision!r} is ONNX Runtime quantisation; --backend inductor compiles "
+                             f"{INDUCTOR_PRECISIONS}")
+        require_device(device)
+        return
+    if device != "cpu":
+        raise InputError(f"--device is an option of --backend inductor (the {backend} device is chosen at load time)")
+    if precision == "bf16":
+        raise InputError(f"precision bf16 is an inductor precision; {backend} engines are fp32, fp16 or int8")
     if backend == "tensorrt":
         if precision == "int8":
             raise InputError(
@@ -209,6 +222,7 @@ def build_engine(
     limits: Limits | None = None,
     log: Callable[[str], None] | None = print,
     optimize: bool = True,
+    device: str = "cpu",
 ) -> BuildResult:
     """Export the given models to ``out_dir`` and write its manifest.
 
@@ -218,13 +232,14 @@ def build_engine(
         clip_config: the :class:`tusss.clip.config.DBAClipConfig` of the runtime (last-block options baked
             into clip_windows; recorded in full in the manifest).
         sam_info / clip_info: extra manifest fields (model name, weights source, presets).
-        precision: fp32 | fp16 | int8.  backend: onnxruntime | tensorrt.
+        precision: fp32 | fp16 | int8 (| bf16 for inductor).  backend: onnxruntime | tensorrt | inductor.
         graphs: subset of the graphs to build (default: all that the given models allow).
         limits: batch / size ranges (TensorRT profiles and runtime chunking).
         optimize: run the ONNX exporter's optimiser (slower export, smaller graphs).
+        device: cpu | cuda, the device an inductor build compiles for (:mod:`tusss.engine.inductor`).
     """
     say = log or (lambda s: None)
-    check_backend(backend, precision)
+    check_backend(backend, precision, device)
     limits = limits or Limits()
     if clip_config is not None and getattr(clip_config, "bias", "joint") == "per_mask":
         raise InputError(
@@ -247,6 +262,13 @@ def build_engine(
 
     timings: dict[str, float] = {}
     entries: dict[str, GraphEntry] = {}
+    versions = _versions()
+    if backend == "inductor":  # torch.export + AOTInductor packages instead of ONNX graphs
+        from .inductor import build_graphs, device_versions
+
+        entries, timings = build_graphs(out, specs, wanted, device=device, precision=precision, say=say)
+        versions.update(device_versions(device))
+        wanted = []
     for name in wanted:
         sp = specs[name]
         t0 = time.perf_counter()
@@ -284,7 +306,7 @@ def build_engine(
         sam=sam_meta,
         clip=clip_meta,
         graphs=entries,
-        versions=_versions(),
+        versions=versions,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     man.write(out)

@@ -3,7 +3,8 @@
     tusss-engine bench [--sam vit_b] [--clip ViT-B-16] [--images 3] [--size 384x512] [--points-per-side 8]
                        [--backend torch,onnxruntime[,tensorrt]] [--precision fp32] [--out bench.json]
     tusss-engine build --sam vit_h --clip ViT-B-16 --weights random|official|sam=PATH,clip=PATH
-                       --precision fp32|fp16|int8 --backend onnxruntime|tensorrt --out DIR
+                       --precision fp32|fp16|int8|bf16 --backend onnxruntime|tensorrt|inductor
+                       [--device cpu|cuda] --out DIR
     tusss-engine check DIR
     tusss-engine info DIR
 """
@@ -41,8 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--clip", default="ViT-B-16", help="ViT-B-16 | tusss-tiny | none")
     b.add_argument("--weights", default="official",
                    help="random | official | sam=SRC,clip=SRC | SAM_PATH,CLIP_PATH (SRC: random, official, path)")
-    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    b.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "bf16"],
+                   help="int8: onnxruntime only; bf16: inductor only")
+    b.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "inductor"],
+                   help="inductor: torch.export + AOTInductor packages (.pt2)")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="device an inductor build compiles for (--backend inductor)")
     b.add_argument("--out", required=True, help="engine directory to write")
     b.add_argument("--clip-preset", default="reference")
     b.add_argument("--mask-preset", default="tuss")
@@ -84,7 +89,7 @@ def _build(a: argparse.Namespace) -> int:
     from .build import Limits, build_engine, check_backend
     from .models import load_models
 
-    check_backend(a.backend, a.precision)  # before loading any weights or writing any file
+    check_backend(a.backend, a.precision, a.device)  # before loading any weights or writing any file
     sam = None if a.sam.lower() == "none" else a.sam
     clip = None if a.clip.lower() == "none" else a.clip
     m = load_models(sam, clip, a.weights, clip_preset=a.clip_preset, mask_preset=a.mask_preset, seed=a.seed)
@@ -97,7 +102,7 @@ def _build(a: argparse.Namespace) -> int:
         clip_model=m.dbaclip.model if m.dbaclip else None,
         clip_config=m.dbaclip.cfg if m.dbaclip else None,
         sam_info=m.sam_info, clip_info=m.clip_info, precision=a.precision, backend=a.backend,
-        graphs=graphs, limits=lim, optimize=not a.no_optimize,
+        graphs=graphs, limits=lim, optimize=not a.no_optimize, device=a.device,
     )
     return 0
 
