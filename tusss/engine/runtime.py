@@ -129,6 +129,16 @@ class Engine:
                 )
             for name, g in man.graphs.items():
                 graphs[name] = TrtGraph(p / g.plan, g)
+        elif be == "inductor" or man.backend == "inductor":  # AOTInductor packages (no ONNX files to fall back to)
+            from .inductor import load_graphs
+
+            if be != man.backend:
+                raise EngineMismatchError(
+                    f"engine {p} was built for {man.backend} and has no {be} graphs; rebuild with --backend {be}"
+                    if be == "inductor" else
+                    f"engine {p} holds AOTInductor packages only (built for inductor), not {be} graphs; "
+                    f"rebuild with --backend {be}")
+            graphs = load_graphs(p, man)
         elif be == "onnxruntime":
             for name, g in man.graphs.items():
                 graphs[name] = OrtGraph(p / g.onnx, g.inputs, list(g.outputs), providers, threads, man.precision)
