@@ -230,6 +230,8 @@ def _png(arr: np.ndarray) -> bytes:
 
 
 def test_serve_deployment_answers_segment_on_loopback(cluster):
+    pytest.importorskip("fastapi")  # the [serve] extra
+    pytest.importorskip("pycocotools")
     import io
     from concurrent.futures import ThreadPoolExecutor
 
