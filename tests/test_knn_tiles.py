@@ -40,10 +40,11 @@ def shards(tmp_path):
 
 
 @pytest.mark.parametrize("tiles", [(7, 13), (1000, 1000), (1, 11)])
-def test_tiled_graph_search_equals_brute_force(shards, tiles):
+@pytest.mark.parametrize("resident", [0, 1 << 30])
+def test_tiled_graph_search_equals_brute_force(shards, tiles, resident):
     X = np.concatenate([np.asarray(s) for s in shards])
     k = 9
-    s, i = knn_tiled(shards, k, row_tile=tiles[0], db_tile=tiles[1], device="cpu")
+    s, i = knn_tiled(shards, k, row_tile=tiles[0], db_tile=tiles[1], device="cpu", resident_bytes=resident)
     rs, ri = brute(X, X, k, True)
     np.testing.assert_array_equal(i, ri)
     np.testing.assert_allclose(s, rs, atol=1e-5)
@@ -58,16 +59,19 @@ def test_tiled_queries_and_half_products(shards):
     np.testing.assert_array_equal(i, ri)
     np.testing.assert_allclose(s, rs, atol=1e-5)
     # float16 products choose the neighbours, float32 recomputes their similarities (the GPU mode, on CPU)
-    try:
-        s16, i16 = knn_tiled(shards, 6, queries=Q, db_tile=17, device="cpu", half=True)
-    except RuntimeError:  # pragma: no cover - a torch build without CPU half matmul
-        pytest.skip("no float16 matmul on this CPU build")
-    assert np.mean([len(np.intersect1d(a, b)) / 6 for a, b in zip(i16, ri)]) > 0.95
     C = brute(Q, X, len(X), False)
     full = np.empty_like(C[0])
     np.put_along_axis(full, C[1], C[0], 1)  # full[r, j] = cos(Q_r, X_j)
-    np.testing.assert_allclose(s16, np.take_along_axis(full, i16, 1), atol=1e-5)
-    assert (np.diff(s16, axis=1) <= 0).all()
+    for resident in (0, 1 << 30):  # re-scoring from the host rows / from the resident float32 copy
+        try:
+            s16, i16 = knn_tiled(shards, 6, queries=Q, db_tile=17, device="cpu", half=True, resident_bytes=resident)
+        except RuntimeError:  # pragma: no cover - a torch build without CPU half matmul
+            pytest.skip("no float16 matmul on this CPU build")
+        assert np.mean([len(np.intersect1d(a, b)) / 6 for a, b in zip(i16, ri)]) > 0.95
+        np.testing.assert_allclose(s16, np.take_along_axis(full, i16, 1), atol=1e-5)
+        assert (np.diff(s16, axis=1) <= 0).all()
+    s16, i16 = knn_tiled(shards, 6, db_tile=17, row_tile=50, device="cpu", half=True, resident_bytes=1 << 30)
+    assert (i16 != np.arange(len(X))[:, None]).all()
 
 
 def test_self_removed_by_index_with_duplicates():

@@ -443,7 +443,7 @@ def knn_tiled(
     half: bool | None = None,
     row_tile: int | None = None,
     db_tile: int | None = None,
-    budget_bytes: int = 256 << 20,
+    budget_bytes: int | None = None,
     resident_bytes: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products in tiles, never materialising the (N, D) base in float32.
@@ -457,10 +457,12 @@ def knn_tiled(
         device: torch device (default CUDA when available).
         half: float16 products (default: True on CUDA, False on the CPU). Neighbours are chosen from the
             float16 products; the returned similarities are recomputed in float32 for those neighbours.
-        row_tile, db_tile: query rows per tile and database rows per chunk (default: from ``budget_bytes``,
-            the size of one float32 (row_tile, db_tile) similarity tile).
-        resident_bytes: keep the normalised database resident on the device when it is smaller than this
-            (default 0 on the CPU; on CUDA half the free memory).
+        row_tile, db_tile: query rows per tile and database rows per chunk (default: db_tile 65,536 on the CPU,
+            131,072 on CUDA; row_tile from ``budget_bytes``, the size of one (row_tile, db_tile) similarity tile:
+            256 MB on the CPU, 2 GB on CUDA).
+        resident_bytes: keep the normalised database resident on the device (float32, plus its float16 copy
+            with ``half``) when it takes less than this (default 0 on the CPU; on CUDA half the free memory).
+            Resident, the float32 re-scoring gathers on the device; otherwise from the host rows.
 
     Returns:
         sims (M, k) float32 and indices (M, k) int64 (global row numbers), best first.
@@ -483,13 +485,18 @@ def knn_tiled(
     if half is None:
         half = dev.type == "cuda"
     cdtype = torch.float16 if half else torch.float32
-    db_tile = int(db_tile or max(k + 1, min(N, 65536)))
-    row_tile = int(row_tile or max(1, min(M, budget_bytes // (4 * db_tile))))
+    esize = 2 if half else 4
+    if budget_bytes is None:
+        budget_bytes = (2 << 30) if dev.type == "cuda" else (256 << 20)
+    db_tile = int(db_tile or max(k + 1, min(N, 131072 if dev.type == "cuda" else 65536)))
+    row_tile = int(row_tile or max(1, min(M, budget_bytes // (esize * db_tile))))
     if dev.type == "cuda" and not resident_bytes:
         resident_bytes = torch.cuda.mem_get_info(dev)[0] // 2
-    resident = N * B.dim * (2 if half else 4) <= resident_bytes
+    # resident: the normalised database in float32 on the device (+ its float16 copy for the products)
+    resident = N * B.dim * (4 + (2 if half else 0)) <= resident_bytes
 
     def load(src: RowBlocks, a: int, b: int):
+        """Rows [a, b) normalised, as a float32 device tensor."""
         x = src.rows(a, b, np.float32)
         if normalize:
             check_finite(x, "embeddings")
@@ -497,24 +504,26 @@ def knn_tiled(
             if np.any(n == 0):
                 raise InputError(f"embeddings rows {a}..{b} hold {int((n == 0).sum())} all-zero rows")
             x /= n
-        return torch.from_numpy(x).to(dev).to(cdtype)
+        return torch.from_numpy(x).to(dev)
 
-    cache: dict[int, object] = {}
+    full32 = fullc = None
+    if resident:
+        full32 = torch.empty((N, B.dim), dtype=torch.float32, device=dev)
+        for c in range(0, N, db_tile):
+            full32[c:min(N, c + db_tile)] = load(B, c, min(N, c + db_tile))
+        fullc = full32.to(cdtype) if half else full32
 
     def chunk(c: int):
-        if c in cache:
-            return cache[c]
-        t = load(B, c, min(N, c + db_tile))
-        if resident:
-            cache[c] = t
-        return t
+        e = min(N, c + db_tile)
+        return fullc[c:e] if resident else load(B, c, e).to(cdtype)
 
     sims = np.empty((M, k), np.float32)
     idx = np.empty((M, k), np.int64)
     with torch.inference_mode():
         for a in range(0, M, row_tile):
             b = min(M, a + row_tile)
-            Q = load(Qb, a, b)
+            Q32 = full32[a:b] if (resident and queries is None) else load(Qb, a, b)
+            Q = Q32.to(cdtype) if half else Q32
             best_v = torch.full((b - a, k), -float("inf"), device=dev, dtype=cdtype)
             best_i = torch.full((b - a, k), -1, dtype=torch.int64, device=dev)
             for c in range(0, N, db_tile):
@@ -529,11 +538,13 @@ def knn_tiled(
                 alli = torch.cat([best_i, i + c], 1)
                 best_v, j = torch.topk(allv, k, dim=1, largest=True, sorted=True)
                 best_i = torch.gather(alli, 1, j)
-            if half:  # exact float32 similarities of the chosen neighbours
-                qf = torch.from_numpy(_normalized(Qb.rows(a, b, np.float32), normalize)).to(dev)
-                bi = best_i.cpu().numpy()
-                nb = torch.from_numpy(_normalized(B.take(bi.ravel(), np.float32), normalize)).to(dev)
-                best_v = (nb.view(b - a, k, -1) @ qf.unsqueeze(2)).squeeze(2)
+            if half:  # exact float32 similarities of the chosen neighbours, re-sorted
+                if resident:
+                    nb = full32[best_i.clamp(min=0)]
+                else:
+                    bi = best_i.clamp(min=0).cpu().numpy()
+                    nb = torch.from_numpy(_normalized(B.take(bi.ravel(), np.float32), normalize)).to(dev)
+                best_v = (nb.view(b - a, k, -1) @ Q32.unsqueeze(2)).squeeze(2)
                 best_v, j = torch.sort(best_v, dim=1, descending=True)
                 best_i = torch.gather(best_i, 1, j)
             sims[a:b] = best_v.cpu().numpy()
