@@ -305,3 +305,12 @@ def test_serve_deployment_answers_segment_on_loopback(cluster):
             proc.kill()
             proc.wait()
         serve.shutdown()
+
+
+def test_embed_ray_missing_weights_is_one_clear_error(cluster, voc, capsys):
+    tmp, root = voc
+    args = _embed_args(root, "val", tmp / "cache", tmp / "bad_store", "--ray", cluster)
+    args[args.index("random")] = str(tmp / "no_such_clip.pt")  # --weights PATH that does not exist
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "no_such_clip.pt" in err and "Traceback" not in err

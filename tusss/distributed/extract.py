@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 
 from tusss.distributed.cluster import cluster_resources, init_ray, require_ray
-from tusss.errors import CorruptFileError, InputError
+from tusss.errors import CorruptFileError, InputError, TusssError
 from tusss.persist import FailureLog, ItemFailedError, remove_stale_temps
 
-__all__ = ["PoolConfig", "SamSpec", "ClipSpec", "GeneratorInfo", "probe_clip", "probe_generator", "ray_cache_masks",
-           "ray_embed", "failures_path", "read_failures"]
+__all__ = ["DistributedError", "PoolConfig", "SamSpec", "ClipSpec", "GeneratorInfo", "probe_clip", "probe_generator",
+           "ray_cache_masks", "ray_embed", "failures_path", "read_failures"]
 
 _PICKLE = 5
 
@@ -206,7 +206,19 @@ def _generator_info(spec: SamSpec) -> GeneratorInfo:
 def probe_generator(spec: SamSpec) -> GeneratorInfo:
     """Build the generator once in a Ray task (where the checkpoint lives) and return its identity."""
     ray = require_ray()
-    return ray.get(ray.remote(num_cpus=0.25)(_generator_info).remote(spec))
+    return _get(ray.remote(num_cpus=0.25)(_generator_info).remote(spec))
+
+
+def _get(ref: Any) -> Any:
+    """``ray.get`` that re-raises a tusss error of the remote task as itself (naming the bad input)."""
+    ray = require_ray()
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, TusssError):
+            raise cause from None
+        raise DistributedError(f"a Ray task failed: {' '.join(str(e).split())[-600:]}") from e
 
 
 def _clip_identity(spec: ClipSpec) -> dict[str, str]:
@@ -216,7 +228,7 @@ def _clip_identity(spec: ClipSpec) -> dict[str, str]:
 def probe_clip(spec: ClipSpec) -> dict[str, str]:
     """``DBAClip.identity()`` (model, weights sha256, preset, config hash) of ``spec``, built once in a Ray task."""
     ray = require_ray()
-    return ray.get(ray.remote(num_cpus=0.25)(_clip_identity).remote(spec))
+    return _get(ray.remote(num_cpus=0.25)(_clip_identity).remote(spec))
 
 
 # ---------------------------------------------------------------------------------------------- failures
@@ -300,6 +312,22 @@ def _in_order(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             nxt += 1
     for k in sorted(pending):
         yield pending[k]
+
+
+class DistributedError(TusssError):
+    """The Ray pipeline itself failed (an actor could not start, a node died ...); work completed before the
+    failure is kept and a re-run resumes after it."""
+
+
+def _rows(ds: Any, what: str) -> Iterator[dict[str, Any]]:
+    """``ds.iter_rows()`` with Ray's own failures (actor construction, lost nodes) turned into one clear error."""
+    ray = require_ray()
+    try:
+        yield from ds.iter_rows()
+    except ray.exceptions.RayError as e:
+        msg = " ".join(str(e).split())
+        raise DistributedError(f"{what}: the Ray pipeline failed ({type(e).__name__}: {msg[-600:]}); the work "
+                               "done before it is kept, run the command again to resume") from e
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
@@ -412,7 +440,7 @@ def ray_cache_masks(
                         compute=ray.data.ActorPoolStrategy(size=int(pool.actors)), num_cpus=cpus, num_gpus=gpus)
             bar = _bar(len(ids), "SAM masks (ray)", progress)
             try:
-                for r in _in_order(ds.iter_rows()):
+                for r in _in_order(_rows(ds, "tusss masks --ray")):
                     if r["error"]:
                         out["failed"][r["id"]] = {"stage": r["stage"], "error": r["error"]}
                         bar.set_postfix(failed=len(out["failed"]))
@@ -546,7 +574,7 @@ def ray_embed(
                         compute=ray.data.ActorPoolStrategy(size=int(pool.actors)), num_cpus=cpus, num_gpus=gpus)
             bar = _bar(len(todo), "embed (ray)", progress)
             try:
-                for row in _in_order(ds.iter_rows()):
+                for row in _in_order(_rows(ds, "tusss embed --ray")):
                     iid = row["id"]
                     if row["error"]:
                         res["failed"][iid] = {"stage": row["stage"], "error": row["error"]}
@@ -563,8 +591,8 @@ def ray_embed(
                             res["failed"][iid] = {"stage": "store", "error": _reason(e)}
                             log.record(iid, res["failed"][iid]["error"])
                     bar.update(1)
-            except ItemFailedError:
-                w.flush()  # fail_fast: keep the images done before the bad one (the store stays incomplete)
+            except (ItemFailedError, DistributedError):
+                w.flush()  # keep the images done before the bad one / the crash (the store stays incomplete)
                 raise
             finally:
                 bar.close()
