@@ -207,3 +207,19 @@ def test_bench_gpu_stages_dry_run():
     for key in ("knn_400_s", "graph_600_s", "lp_600x3_s", "inductive_ms_per_image"):
         assert np.isfinite(r[key]) and r[key] > 0, key
     assert r["lp_600x3_iterations"] > 0
+
+
+def test_graph_caches_the_prepared_operator(monkeypatch):
+    """A KnnGraph prepares (reorders, converts) once; later solves on it reuse the operator."""
+    g = build_graph(np.random.default_rng(7).normal(size=(5000, 8)).astype(np.float32), k=6)
+    made = []
+    real = propagation.prepare_operator
+    monkeypatch.setattr(propagation, "prepare_operator", lambda *a, **kw: made.append(1) or real(*a, **kw))
+    Y = labels(5000, 3)
+    P1, i1 = propagate(g, Y, 0.9, device="cpu")
+    P2, i2 = propagate(g, Y * 2, 0.8, device="cpu")
+    assert len(made) == 1 and g.lp_operator(device="cpu").perm is not None  # N > 4096: RCM on the CPU
+    ref1, _ = propagate(g.S, Y, 0.9, backend="numpy")
+    ref2, _ = propagate(g.S, Y * 2, 0.8, backend="numpy")
+    np.testing.assert_allclose(P1, ref1, atol=1e-4 * np.abs(ref1).max())
+    np.testing.assert_allclose(P2, ref2, atol=1e-4 * np.abs(ref2).max())

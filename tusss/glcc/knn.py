@@ -22,7 +22,7 @@ available where faiss-gpu is installed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -192,6 +192,18 @@ class KnnGraph:
     k: int
     gamma: float
     recall: float | None = None
+    _operators: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def lp_operator(self, device: str | None = None, dtype: type | None = None, reorder: str | None = "auto"):
+        """S prepared for the torch label-propagation solver (:func:`tusss.glcc.propagation.prepare_operator`),
+        built on first use and cached per (device, dtype, reorder): a second solve on this graph (the next
+        bootstrap round, a grid over alpha) skips the reordering and conversion."""
+        from tusss.glcc.propagation import _torch_device, prepare_operator
+
+        key = (str(_torch_device(device)), dtype, reorder)
+        if key not in self._operators:
+            self._operators[key] = prepare_operator(self.S, device=device, dtype=dtype, reorder=reorder)
+        return self._operators[key]
 
 
 def knn_graph(sims: np.ndarray, idx: np.ndarray, gamma: float = 1.0, dtype: type = np.float64) -> KnnGraph:

@@ -313,7 +313,7 @@ class GLCC:
         def lp(Pc: np.ndarray, k: int, r: int) -> np.ndarray:
             g = graph(k)
             t0 = time.perf_counter()
-            P, info = propagate(g.S, Pc, cfg.alpha, tol=cfg.cg_tol, maxiter=cfg.cg_maxiter, backend=cfg.cg_backend)
+            P, info = propagate(g, Pc, cfg.alpha, tol=cfg.cg_tol, maxiter=cfg.cg_maxiter, backend=cfg.cg_backend)
             self.history_.append({"step": f"lp k={k}", "seconds": time.perf_counter() - t0,
                                   "cg_iterations": int(info.iterations.max(initial=0)),
                                   "converged": bool(info.converged.all())})

@@ -31,7 +31,7 @@ from tusss.errors import InputError
 from tusss.validate import check_finite
 
 __all__ = ["CGInfo", "BACKENDS", "block_cg", "block_cg_torch", "propagate", "cupy_available", "rcm_permutation",
-           "permute_symmetric", "torch_csr", "propagate_torch"]
+           "permute_symmetric", "torch_csr", "propagate_torch", "LPOperator", "prepare_operator"]
 
 BACKENDS = ("auto", "torch", "numpy", "cupy")
 
@@ -299,8 +299,63 @@ def propagate_torch(S, B, alpha: float = 0.9, *, tol: float = 1e-6, maxiter: int
     return X, info
 
 
+@dataclass
+class LPOperator:
+    """The graph prepared once for the torch solver (reused by every solve on the same graph).
+
+    Attributes:
+        S: (N, N) torch CSR tensor on ``device`` (float32 / int32 by default), rows in ``perm`` order.
+        perm: (N,) RCM order (row i of ``S`` is node ``perm[i]``) or None.
+        seconds: time the preparation took (reordering, conversion, upload).
+    """
+
+    S: object
+    perm: np.ndarray | None
+    seconds: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.S.shape)  # type: ignore[attr-defined]
+
+    @property
+    def device(self):
+        return self.S.device  # type: ignore[attr-defined]
+
+    @property
+    def dtype(self):
+        return self.S.dtype  # type: ignore[attr-defined]
+
+
+def prepare_operator(S: sp.spmatrix, *, device: str | None = None, dtype: type | None = None,
+                     reorder: str | None = "auto") -> LPOperator:
+    """Reorder (RCM on the CPU by default), convert and upload ``S`` for :func:`propagate`'s torch backend.
+
+    Args:
+        S: (N, N) scipy sparse symmetric affinity.
+        device: torch device (default CUDA when available); dtype: np.float32 (default) or np.float64.
+        reorder: "rcm", None, or "auto" (RCM on the CPU for N > 4096, none on CUDA).
+    """
+    import time
+
+    import torch
+
+    if reorder not in ("auto", "rcm", None):
+        raise InputError(f"reorder must be 'auto', 'rcm' or None, got {reorder!r}")
+    tdtype = {None: torch.float32, np.float32: torch.float32, np.float64: torch.float64}.get(dtype)
+    if tdtype is None:
+        raise InputError(f"dtype must be float32 or float64, got {dtype!r}")
+    t0 = time.perf_counter()
+    dev = _torch_device(device)
+    S = sp.csr_matrix(S)
+    perm = None
+    if reorder == "rcm" or (reorder == "auto" and dev.type == "cpu" and S.shape[0] > 4096):
+        perm = rcm_permutation(S)
+        S = permute_symmetric(S, perm, dtype=np.float32 if tdtype == torch.float32 else np.float64)
+    return LPOperator(torch_csr(S, dev, tdtype), perm, time.perf_counter() - t0)
+
+
 def propagate(
-    S: sp.spmatrix,
+    S,
     Pc: np.ndarray,
     alpha: float = 0.9,
     *,
@@ -315,7 +370,9 @@ def propagate(
     """Solve Eq. 1 ``(I - alpha S) P* = P^c`` for all K columns at once.
 
     Args:
-        S: (N, N) symmetric normalised affinity (scipy sparse; zero diagonal).
+        S: (N, N) symmetric normalised affinity (scipy sparse; zero diagonal), a
+            :class:`tusss.glcc.knn.KnnGraph` (its prepared operator is cached on it, so later solves on the
+            same graph skip the reordering and conversion), or an :class:`LPOperator` (torch backend).
         Pc: (N, K) soft labels.
         alpha: propagation magnitude in [0, 1).
         tol, maxiter: CG settings per column (reference: 1e-6, 200).
@@ -335,30 +392,31 @@ def propagate(
         raise InputError(f"alpha must be in [0, 1), got {alpha}")
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    graph = None
+    if hasattr(S, "lp_operator") and hasattr(S, "S"):  # a KnnGraph
+        graph, S = S, S.S
+    if isinstance(S, LPOperator) and backend not in ("auto", "torch"):
+        raise InputError(f"an LPOperator runs on the torch backend, not {backend!r}")
     Pc = np.asarray(Pc)
     if Pc.ndim != 2 or Pc.shape[0] != S.shape[0] or S.shape[0] != S.shape[1]:
         raise InputError(f"Pc {Pc.shape} must be (N, K) with N = {S.shape[0]} rows of the graph")
-    if reorder not in ("auto", "rcm", None):
-        raise InputError(f"reorder must be 'auto', 'rcm' or None, got {reorder!r}")
     check_finite(Pc, "Pc")
     t0 = time.perf_counter()
     if backend in ("auto", "torch"):
         import torch
 
-        dev = _torch_device(device)
-        tdtype = {None: torch.float32, np.float32: torch.float32, np.float64: torch.float64}.get(dtype)
-        if tdtype is None:
-            raise InputError(f"dtype must be float32 or float64, got {dtype!r}")
-        S = sp.csr_matrix(S)
-        perm = None
-        if reorder == "rcm" or (reorder == "auto" and dev.type == "cpu" and S.shape[0] > 4096):
-            perm = rcm_permutation(S)
-            S = permute_symmetric(S, perm, dtype=np.float32 if tdtype == torch.float32 else np.float64)
+        if isinstance(S, LPOperator):
+            op = S
+        elif graph is not None:
+            op = graph.lp_operator(device=device, dtype=dtype, reorder=reorder)
+        else:
+            op = prepare_operator(S, device=device, dtype=dtype, reorder=reorder)
+        perm = op.perm
+        if perm is not None:
             Pc = Pc[perm]
-        St = torch_csr(S, dev, tdtype)
-        B = torch.from_numpy(np.ascontiguousarray(Pc)).to(device=dev, dtype=tdtype)
+        B = torch.from_numpy(np.ascontiguousarray(Pc)).to(device=op.device, dtype=op.dtype)
         t1 = time.perf_counter()
-        Xt, info = propagate_torch(St, B, alpha, tol=tol, maxiter=maxiter, clip_negative=clip_negative)
+        Xt, info = propagate_torch(op.S, B, alpha, tol=tol, maxiter=maxiter, clip_negative=clip_negative)
         X = Xt.cpu().numpy()
         if perm is not None:
             out = np.empty_like(X)
@@ -366,6 +424,8 @@ def propagate(
             X = out
         info.seconds = {"prepare": t1 - t0, "solve": time.perf_counter() - t1}
         return X.astype(np.float32, copy=False), info
+    if reorder not in ("auto", "rcm", None):
+        raise InputError(f"reorder must be 'auto', 'rcm' or None, got {reorder!r}")
     xp, xsp, name = _modules(backend)
     dtype = dtype or np.float64
     S = S.tocsr().astype(dtype, copy=False)
