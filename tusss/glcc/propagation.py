@@ -16,7 +16,9 @@ Backends (``propagate(backend=...)``):
 - ``"numpy"``: float64 SciPy CSR and :func:`block_cg` (the exact reference arithmetic, kept as the oracle).
 - ``"cupy"``: :func:`block_cg` on CuPy / cupyx.scipy.sparse arrays (float64), imported lazily.
 
-``backend="auto"`` is ``"torch"`` on CUDA when torch sees a GPU, else on the CPU.
+``backend="auto"`` is ``"torch"`` on CUDA when torch sees a GPU, else on the CPU. The reordered, converted
+graph (:class:`LPOperator`, :func:`prepare_operator`) is cached on a :class:`tusss.glcc.knn.KnnGraph`, so a
+second solve on the same graph (the next bootstrap round, a grid over alpha) starts at the solve.
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
     from torch.linalg import vecdot
 
     N, K = B.shape
-    Xout = torch_zeros_like(B)
+    Xout = _zeros_like(B)
     bnorm2 = (B * B).sum(0)
     bnorm2_h = bnorm2.double().cpu().numpy()
     thresh = (tol * tol) * bnorm2_h
@@ -176,7 +178,7 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
         sel = None if act.size == K else _index(act, B.device)
         R = B.clone() if sel is None else B.index_select(1, sel)
         P = R.clone()
-        X = torch_zeros_like(R)
+        X = _zeros_like(R)
         rr = bnorm2.clone() if sel is None else bnorm2.index_select(0, sel)
         for it in range(maxiter):
             Q = matvec(P)
@@ -210,7 +212,7 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
                         backend=f"torch:{B.device.type}")
 
 
-def torch_zeros_like(t):
+def _zeros_like(t):
     import torch
 
     return torch.zeros_like(t, memory_format=torch.contiguous_format)
