@@ -64,25 +64,6 @@ def device_versions(device: str) -> dict[str, str]:
     return v
 
 
-def _dims(dynamic: Mapping[str, Mapping[int, tuple[str, int, int]]], names: list[str]) -> list[Any]:
-    from torch.export import Dim
-
-    dims: dict[str, Any] = {}
-    out: list[Any] = []
-    for name in names:
-        spec = dynamic.get(name)
-        if not spec:
-            out.append(None)
-            continue
-        d = {}
-        for axis, (dname, lo, hi) in spec.items():
-            if dname not in dims:
-                dims[dname] = Dim(dname, min=lo, max=hi)
-            d[axis] = dims[dname]
-        out.append(d)
-    return out
-
-
 def _shape(t: Any, dyn: Mapping[int, tuple[str, int, int]] | None = None) -> list:
     dyn = dyn or {}
     return [dyn[i][0] if i in dyn else (int(s) if isinstance(s, int) else str(s)) for i, s in enumerate(t.shape)]
@@ -109,23 +90,19 @@ def compile_graph(
     Returns:
         (inputs, outputs, seconds): manifest I/O specs ``{name: {"dtype", "shape"}}`` and the compile time.
     """
-    from tusss.export.onnx_io import export_program
+    from tusss.export.onnx_io import export_dims, export_program
 
     require_device(device)
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is not an inductor precision; choose one of {PRECISIONS}")
-    for i, name in enumerate(input_names):
-        for axis in (dynamic.get(name) or {}):
-            if args[i].shape[axis] < 2:
-                raise InputError(f"example input '{name}' has size {args[i].shape[axis]} on dynamic axis {axis}: "
-                                 "use an example >= 2 (a size-1 example fixes the axis)")
+    shapes = export_dims(args, input_names, dynamic)  # refuses a size-1 example on a dynamic axis
     dtype = DTYPES[precision]
     t0 = time.perf_counter()
     mod = module.eval()
     if dtype != torch.float32 or device != "cpu":
         mod = copy.deepcopy(module).to(device=device, dtype=dtype).eval()
     xs = tuple(a.to(device=device, dtype=dtype) if a.is_floating_point() else a.to(device) for a in args)
-    ep = export_program(mod, xs, _dims(dynamic, input_names))
+    ep = export_program(mod, xs, [shapes[n] for n in input_names])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():

@@ -28,6 +28,33 @@ EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave roo
 log = logging.getLogger(__name__)
 
 
+def export_dims(args: Sequence[torch.Tensor], input_names: Sequence[str],
+                dynamic: Mapping[str, Mapping[int, tuple[str, int, int]]]) -> dict[str, dict[int, object] | None]:
+    """``torch.export`` dynamic shapes ``{input_name: {axis: Dim} or None}`` of a ``dynamic`` spec
+    ``{input_name: {axis: (dim_name, min, max)}}`` (axes sharing a dim_name share one ``Dim``); refuses an example
+    of size 1 on a dynamic axis (it would fix the axis)."""
+    from torch.export import Dim
+
+    dims: dict[str, object] = {}
+    shapes: dict[str, dict[int, object] | None] = {}
+    for i, name in enumerate(input_names):
+        spec = dynamic.get(name)
+        if not spec:
+            shapes[name] = None
+            continue
+        shapes[name] = {}
+        for axis, (dname, lo, hi) in spec.items():
+            if args[i].shape[axis] < 2:
+                raise InputError(
+                    f"example input '{name}' has size {args[i].shape[axis]} on dynamic axis {axis}: "
+                    "use an example >= 2 (a size-1 example fixes the axis in the exported graph)"
+                )
+            if dname not in dims:
+                dims[dname] = Dim(dname, min=lo, max=hi)
+            shapes[name][axis] = dims[dname]
+    return shapes
+
+
 def export_module(
     module: nn.Module,
     args: tuple[torch.Tensor, ...],
@@ -53,26 +80,8 @@ def export_module(
     Returns the written path. Weights go to ``<path>.data`` (ONNX external data) only when the graph is
     over 2 GB.
     """
-    from torch.export import Dim
-
     path = Path(path)
-    dims: dict[str, object] = {}
-    shapes: dict[str, dict[int, object] | None] = {}
-    for i, name in enumerate(input_names):
-        spec = dynamic.get(name)
-        if not spec:
-            shapes[name] = None
-            continue
-        shapes[name] = {}
-        for axis, (dname, lo, hi) in spec.items():
-            if args[i].shape[axis] < 2:
-                raise InputError(
-                    f"example input '{name}' has size {args[i].shape[axis]} on dynamic axis {axis}: "
-                    "use an example >= 2 (a size-1 example fixes the axis in the exported graph)"
-                )
-            if dname not in dims:
-                dims[dname] = Dim(dname, min=lo, max=hi)
-            shapes[name][axis] = dims[dname]
+    shapes = export_dims(args, input_names, dynamic)
     module = module.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
