@@ -242,13 +242,15 @@ def test_serve_deployment_answers_segment_on_loopback(cluster):
 
     from tusss.predictor import Predictor
 
+    # no background class: with random weights the labels then vary between masks (margins > 0.1 on these images)
     pred = {"sam": "vit_tiny", "checkpoint": "random", "clip": "tusss-tiny", "weights": "random",
-            "classes": "cat,dog", "mask_options": MASK_OPTS}
+            "classes": "cat,dog,sofa", "background": False, "mask_options": MASK_OPTS}
     port = _free_port()
     # `tusss serve --ray ADDRESS` in a driver process of its own, on this module's cluster
     cmd = [sys.executable, "-m", "tusss.cli", "serve", "--sam", "vit_tiny", "--checkpoint", "random", "--clip",
-           "tusss-tiny", "--weights", "random", "--classes", "cat,dog", *SAM[5:], "--host", "127.0.0.1", "--port",
-           str(port), "--max-batch", "4", "--max-wait-ms", "1000", "--ray", cluster, "--ray-cpus-per-actor", "0.5"]
+           "tusss-tiny", "--weights", "random", "--classes", "cat,dog,sofa", "--no-background", *SAM[5:],
+           "--host", "127.0.0.1", "--port", str(port), "--max-batch", "4", "--max-wait-ms", "1000",
+           "--ray", cluster, "--ray-cpus-per-actor", "0.5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = ""
@@ -261,7 +263,7 @@ def test_serve_deployment_answers_segment_on_loopback(cluster):
         assert httpx.get(base + "/healthz", timeout=60).json() == {"status": "ok"}
         r = httpx.get(base + "/readyz", timeout=60)
         assert r.status_code == 200 and r.json()["ready"] is True
-        rng = np.random.default_rng(3)
+        rng = np.random.default_rng(4)
         images = [rng.integers(0, 255, (30 + 4 * k, 44, 3), dtype=np.uint8) for k in range(3)]
         ref = Predictor.from_pretrained(**pred)  # the same seeded random weights as the replica
         want = [ref.predict(im) for im in images]
@@ -277,7 +279,7 @@ def test_serve_deployment_answers_segment_on_loopback(cluster):
             assert r.status_code == 200, r.text
             js = r.json()
             assert js["image"] == {"height": im.shape[0], "width": im.shape[1]}
-            assert js["class_names"] == ["background", "cat", "dog"]
+            assert js["class_names"] == ["cat", "dog", "sofa"]
             assert len(js["masks"]) == len(w.labels) > 0
             assert [m["label"] for m in js["masks"]] == w.labels.tolist()
             # softmax(100 cos) amplifies float reduction-order differences of another process: 1e-2 on scores
@@ -287,6 +289,15 @@ def test_serve_deployment_answers_segment_on_loopback(cluster):
             np.testing.assert_array_equal(mask_utils.decode(rles).transpose(2, 0, 1).astype(bool), w.masks.masks)
             sizes.append(js["timings"]["batch_size"])
         assert max(sizes) >= 2, sizes  # requests were batched by @serve.batch
+        assert len({lab for w in want for lab in w.labels.tolist()}) >= 2  # the label check above is not vacuous
+        r = httpx.post(base + "/v1/embed?format=npy", files={"image": ("x.png", _png(images[1]), "image/png")},
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        got_e = np.load(io.BytesIO(r.content)).astype(np.float32)
+        ref_e = ref.embed(images[1])[1]
+        assert got_e.shape == ref_e.shape
+        cos = (got_e * ref_e).sum(1) / np.linalg.norm(got_e, axis=1) / np.linalg.norm(ref_e, axis=1)
+        assert cos.min() > 0.999, cos.min()
         r = post(images[0], "png")
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), want[0].label_map)
