@@ -325,3 +325,11 @@ def test_embed_ray_missing_weights_is_one_clear_error(cluster, voc, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "no_such_clip.pt" in err and "Traceback" not in err
+
+
+def test_rows_are_written_in_image_order_whatever_order_ray_yields():
+    from tusss.distributed.extract import _in_order
+
+    rng = np.random.default_rng(0)
+    order = rng.permutation(50)
+    assert [r["idx"] for r in _in_order(iter({"idx": int(i)} for i in order))] == list(range(50))

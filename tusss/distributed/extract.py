@@ -282,7 +282,8 @@ def _ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _data_context(quiet: bool) -> Iterator[Any]:
-    """Ray Data settings for these pipelines (order kept, Ray's own progress bars off); restored on exit."""
+    """Ray Data settings for these pipelines (order kept, Ray's own progress bars and INFO logs off: the driver
+    shows one tqdm bar; ``quiet`` also drops Ray Data's warnings); restored on exit."""
     ray = require_ray()
     ctx = ray.data.DataContext.get_current()
     old = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
@@ -290,8 +291,7 @@ def _data_context(quiet: bool) -> Iterator[Any]:
     old_level = lg.level
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
-    if quiet:
-        lg.setLevel(logging.WARNING)
+    lg.setLevel(logging.ERROR if quiet else logging.WARNING)
     try:
         yield ctx
     finally:
@@ -302,11 +302,9 @@ def _data_context(quiet: bool) -> Iterator[Any]:
 def _in_order(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Yield rows by increasing ``idx`` (a no-op with preserve_order; a guard if a Ray version reorders)."""
     pending: dict[int, dict[str, Any]] = {}
-    nxt = None
+    nxt = 0  # idx runs 0..n-1 over the images to do
     for r in rows:
         pending[int(r["idx"])] = r
-        if nxt is None:
-            nxt = min(pending)
         while nxt in pending:
             yield pending.pop(nxt)
             nxt += 1
