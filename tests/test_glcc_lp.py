@@ -223,3 +223,18 @@ def test_graph_caches_the_prepared_operator(monkeypatch):
     ref2, _ = propagate(g.S, Y * 2, 0.8, backend="numpy")
     np.testing.assert_allclose(P1, ref1, atol=1e-4 * np.abs(ref1).max())
     np.testing.assert_allclose(P2, ref2, atol=1e-4 * np.abs(ref2).max())
+
+
+@pytest.mark.parametrize("row_chunk", [37, 100000])
+def test_block_cg_torch_row_blocks_follow_numpy_block_cg(row_chunk):
+    """The vector updates over row blocks (the CPU default: 8192 rows) give the float64 NumPy iterates."""
+    from tusss.glcc.propagation import block_cg, block_cg_torch
+
+    S = fast_and_slow_S()[0]
+    A = (sp.eye(S.shape[0]) - 0.99 * S).tocsr()
+    Y = labels(S.shape[0], 5, seed=6, density=0.05)
+    ref, iref = block_cg(lambda V: A @ V, Y, tol=1e-8, maxiter=1000)
+    At = torch.from_numpy(A.toarray())
+    X, info = block_cg_torch(lambda V: At @ V, torch.from_numpy(Y), tol=1e-8, maxiter=1000, row_chunk=row_chunk)
+    np.testing.assert_array_equal(info.iterations, iref.iterations)
+    np.testing.assert_allclose(X.numpy(), ref, rtol=1e-7, atol=1e-9 * np.abs(ref).max())
