@@ -1,18 +1,21 @@
 """Ray extraction against the single-process path on the same images (issue 11): overhead as a ratio.
 
-Both paths run in this process on one tiny generated VOC layout with hand-made cached masks (grid masks, so the
-embed stage has a fixed amount of work per image) and random seeded weights:
+Every command runs as ``python -m tusss.cli ...`` in a fresh process (the Ray commands connect to one running
+local cluster, whose start is timed separately), on one tiny generated VOC layout with hand-made cached masks
+(grid masks, so the embed stage has a fixed amount of work per image) and random seeded weights:
 
 * ``embed``: ``tusss embed`` (single process) vs ``tusss embed --ray`` on a local Ray cluster of ``--cpus`` CPUs
   with 1 and 2 DBA-CLIP actors; both write a store, the script checks the stores are identical.
 * ``masks``: ``tusss masks`` vs ``tusss masks --ray`` (vit_tiny SAM, small grid), caches checked identical.
 
 Reported per configuration: wall seconds end to end (command start to store closed, model builds included:
-the Ray path builds its models inside the actors), and the ratio Ray / single-process. ``ray.init`` is timed
+the Ray path builds its models inside the actors), and the ratio Ray / single-process; with two image counts,
+the line through both splits each path into a fixed cost per command and a cost per image (the per-image ratio
+is the overhead that remains at dataset scale). ``ray.init`` is timed
 separately (paid once per cluster, not per command on a running cluster). Run it with the machine otherwise idle
 for meaningful ratios::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_ray.py --images 24 --out benchmarks/results/ray.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_ray.py --images 12 48 --out benchmarks/results/ray.json
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,15 +78,68 @@ def same_cache(a: Path, b: Path) -> bool:
     return all(np.array_equal(ca.get(i).masks, cb.get(i).masks) for i in ca.ids())
 
 
-def timed(fn, *a) -> tuple[float, int]:
+def timed(argv: list[str], address: str | None = None) -> tuple[float, int]:
+    """Wall seconds of one ``tusss`` command in a fresh process (imports and model builds included, as a user
+    pays them), connected to the Ray cluster at ``address`` when given."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cmd = [sys.executable, "-m", "tusss.cli", *argv, *(["--ray", address] if address else [])]
     t = time.perf_counter()
-    rc = fn(*a)
+    rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     return time.perf_counter() - t, rc
+
+
+def run_size(args: argparse.Namespace, n_images: int, tmp: Path) -> list[dict]:
+    """All configurations on ``n_images`` images; returns rows (stage, path, wall_s, identical)."""
+    import ray
+    from _tiny_datasets import make_voc
+
+    from tusss.data.datasets import get_dataset
+    from tusss.distributed import init_ray
+    from tusss.masks.cache import MaskCache
+
+    rows: list[dict] = []
+    root = tmp / "VOC2012"
+    ids = [f"2007_{i:06d}" for i in range(n_images)]
+    make_voc(root, {"train_aug": ids}, hw=tuple(args.hw))
+    cache = MaskCache(tmp / "cache", "grid")
+    for i in get_dataset("voc", root, "train_aug").ids:
+        cache.put(i, grid_masks(tuple(args.hw), args.mask_step))
+    base = ["embed", "--dataset", "voc", "--root", str(root), "--split", "train_aug", "--mask-cache",
+            str(tmp / "cache"), *CLIP[args.clip], "--no-progress", "--shard-size", "256"]
+    if ray.is_initialized():
+        ray.shutdown()  # single-process baselines run without Ray's processes around
+    t, rc = timed([*base, "--out", str(tmp / "single")])
+    assert rc == 0
+    rows.append({"stage": "embed", "path": "single-process", "wall_s": t})
+    if not args.skip_masks:
+        mbase = ["masks", "--dataset", "voc", "--root", str(root), "--split", "train_aug", *SAM, "--no-progress"]
+        t, rc = timed([*mbase, "--cache-dir", str(tmp / "m_single")])
+        assert rc == 0
+        rows.append({"stage": "masks", "path": "single-process", "wall_s": t})
+    init_ray(num_cpus=args.cpus)
+    address = ray.get_runtime_context().gcs_address  # the commands connect to this running cluster
+    for n in args.actors:
+        out = tmp / f"ray{n}"
+        t, rc = timed([*base, "--out", str(out), "--ray-actors", str(n)], address)
+        assert rc == 0
+        rows.append({"stage": "embed", "path": f"ray, {n} actor(s)", "wall_s": t,
+                     "identical": same_store(tmp / "single", out)})
+        if not args.skip_masks:
+            out = tmp / f"m_ray{n}"
+            t, rc = timed([*mbase, "--cache-dir", str(out), "--ray-actors", str(n)], address)
+            assert rc == 0
+            rows.append({"stage": "masks", "path": f"ray, {n} actor(s)", "wall_s": t,
+                         "identical": same_cache(tmp / "m_single", out)})
+    ray.shutdown()
+    for r in rows:
+        r["images"] = n_images
+    return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--images", type=int, nargs="+", default=[12, 48],
+                    help="image counts; with two, the fixed cost and the per-image cost are separated")
     ap.add_argument("--hw", type=int, nargs=2, default=(96, 128), help="image height width")
     ap.add_argument("--clip", default="tusss-tiny", choices=sorted(CLIP))
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
@@ -92,65 +149,46 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/ray.json")
     args = ap.parse_args()
 
-    import ray
-    from _tiny_datasets import make_voc
-
-    from tusss.cli import main as tusss
-    from tusss.data.datasets import get_dataset
     from tusss.distributed import init_ray
-    from tusss.masks.cache import MaskCache
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_ray_"))
-    res: dict = {"images": args.images, "hw": list(args.hw), "clip": args.clip, "cpus": args.cpus,
-                 "load_avg_start": os.getloadavg()[0], "rows": []}
-    try:
-        root = tmp / "VOC2012"
-        ids = [f"2007_{i:06d}" for i in range(args.images)]
-        make_voc(root, {"train_aug": ids}, hw=tuple(args.hw))
-        cache = MaskCache(tmp / "cache", "grid")
-        ds = get_dataset("voc", root, "train_aug")
-        for i in ds.ids:
-            cache.put(i, grid_masks(tuple(args.hw), args.mask_step))
-        res["masks_per_image"] = len(cache.get(ids[0]))
-        base = ["embed", "--dataset", "voc", "--root", str(root), "--split", "train_aug", "--mask-cache",
-                str(tmp / "cache"), *CLIP[args.clip], "--no-progress", "--shard-size", "256"]
-        t_single, rc = timed(tusss, [*base, "--out", str(tmp / "single")])
-        assert rc == 0
-        res["rows"].append({"stage": "embed", "path": "single-process", "wall_s": t_single, "ratio": 1.0})
-        t0 = time.perf_counter()
-        init_ray(num_cpus=args.cpus)
-        res["ray_init_s"] = time.perf_counter() - t0
-        for n in args.actors:
-            out = tmp / f"ray{n}"
-            t, rc = timed(tusss, [*base, "--out", str(out), "--ray", "--ray-actors", str(n)])
-            assert rc == 0
-            res["rows"].append({"stage": "embed", "path": f"ray, {n} actor(s)", "wall_s": t,
-                                "ratio": t / t_single, "identical": same_store(tmp / "single", out)})
-        if not args.skip_masks:
-            mbase = ["masks", "--dataset", "voc", "--root", str(root), "--split", "train_aug", *SAM, "--no-progress"]
-            ray.shutdown()  # the single-process baseline runs without Ray's processes around
-            t_ms, rc = timed(tusss, [*mbase, "--cache-dir", str(tmp / "m_single")])
-            assert rc == 0
-            res["rows"].append({"stage": "masks", "path": "single-process", "wall_s": t_ms, "ratio": 1.0})
-            init_ray(num_cpus=args.cpus)
-            for n in args.actors:
-                out = tmp / f"m_ray{n}"
-                t, rc = timed(tusss, [*mbase, "--cache-dir", str(out), "--ray", "--ray-actors", str(n)])
-                assert rc == 0
-                res["rows"].append({"stage": "masks", "path": f"ray, {n} actor(s)", "wall_s": t,
-                                    "ratio": t / t_ms, "identical": same_cache(tmp / "m_single", out)})
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
+    res: dict = {"hw": list(args.hw), "clip": args.clip, "cpus": args.cpus, "load_avg_start": os.getloadavg()[0],
+                 "masks_per_image": len(grid_masks(tuple(args.hw), args.mask_step)), "rows": []}
+    t0 = time.perf_counter()
+    init_ray(num_cpus=args.cpus)
+    res["ray_init_s"] = time.perf_counter() - t0
+    for n in args.images:
+        tmp = Path(tempfile.mkdtemp(prefix="bench_ray_"))
+        try:
+            res["rows"] += run_size(args, n, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     res["load_avg_end"] = os.getloadavg()[0]
+    # ratios against the single-process row of the same stage and size; with two sizes, a line through both
+    lines = {}
+    for r in res["rows"]:
+        base = next(b for b in res["rows"] if b["stage"] == r["stage"] and b["images"] == r["images"]
+                    and b["path"] == "single-process")
+        r["ratio"] = r["wall_s"] / base["wall_s"]
+        lines.setdefault((r["stage"], r["path"]), []).append((r["images"], r["wall_s"]))
+    res["fits"] = []
+    for (stage, path), pts in lines.items():
+        if len(pts) >= 2:
+            (n1, t1), (n2, t2) = sorted(pts)[0], sorted(pts)[-1]
+            per = (t2 - t1) / (n2 - n1)
+            res["fits"].append({"stage": stage, "path": path, "fixed_s": t1 - per * n1, "per_image_s": per})
+    for f in res["fits"]:
+        base = next(b for b in res["fits"] if b["stage"] == f["stage"] and b["path"] == "single-process")
+        f["per_image_ratio"] = f["per_image_s"] / base["per_image_s"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
-    print(f"{args.images} images {args.hw[0]}x{args.hw[1]}, {res['masks_per_image']} masks each, clip {args.clip}, "
-          f"local Ray cluster of {args.cpus} CPUs (ray.init {res['ray_init_s']:.1f} s, not included)")
+    print(f"images {args.images} of {args.hw[0]}x{args.hw[1]}, {res['masks_per_image']} masks each, clip "
+          f"{args.clip}, local Ray cluster of {args.cpus} CPUs (ray.init {res['ray_init_s']:.1f} s, not included)")
     for r in res["rows"]:
-        print(f"  {r['stage']:6s} {r['path']:18s} {r['wall_s']:7.1f} s  x{r['ratio']:.2f}"
+        print(f"  {r['images']:4d} img  {r['stage']:6s} {r['path']:18s} {r['wall_s']:7.1f} s  x{r['ratio']:.2f}"
               + (f"  identical={r['identical']}" if "identical" in r else ""))
+    for f in res["fits"]:
+        print(f"  fit  {f['stage']:6s} {f['path']:18s} fixed {f['fixed_s']:6.1f} s  per image {f['per_image_s']:.3f} s"
+              f"  x{f['per_image_ratio']:.2f}")
     print(f"load average {res['load_avg_start']:.1f} -> {res['load_avg_end']:.1f}; -> {args.out}")
     return 0
 
