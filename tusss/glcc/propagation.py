@@ -296,7 +296,8 @@ def torch_csr(S: sp.spmatrix, device=None, dtype=None):
     dtype = dtype or torch.float32
     with warnings.catch_warnings():  # "sparse CSR support is in beta" and the invariant-check notice
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(S.indptr.astype(it)), torch.from_numpy(S.indices.astype(it)),
+        return torch.sparse_csr_tensor(torch.from_numpy(S.indptr.astype(it, copy=False)),
+                                       torch.from_numpy(S.indices.astype(it, copy=False)),
                                        torch.from_numpy(S.data).to(dtype), size=S.shape, device=device)
 
 
