@@ -238,3 +238,19 @@ def test_block_cg_torch_row_blocks_follow_numpy_block_cg(row_chunk):
     X, info = block_cg_torch(lambda V: At @ V, torch.from_numpy(Y), tol=1e-8, maxiter=1000, row_chunk=row_chunk)
     np.testing.assert_array_equal(info.iterations, iref.iterations)
     np.testing.assert_allclose(X.numpy(), ref, rtol=1e-7, atol=1e-9 * np.abs(ref).max())
+
+
+def test_tiny_and_huge_columns_keep_their_accuracy():
+    """float32 would underflow a column of 1e-25 scores (its squared norm is 0 in float32) or overflow 1e20:
+    each column is solved at unit norm, so each keeps the 1e-4 accuracy relative to its own max."""
+    S = knn_graph_S(300)
+    Y = labels(300, 4)
+    Y[:, 1] *= 1e-25
+    Y[:, 2] *= 1e20
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("error", RuntimeWarning)
+        P, info = propagate(S, Y, 0.9, backend="torch", device="cpu", clip_negative=False)
+    ref = dense_solve(S, Y, 0.9)
+    assert info.converged.all()
+    for c in range(3):
+        assert np.abs(P[:, c] - ref[:, c]).max() <= 1e-4 * np.abs(ref[:, c]).max(), c

@@ -452,10 +452,13 @@ def propagate(
         perm = op.perm
         if perm is not None:
             Pc = Pc[perm]
-        B = torch.from_numpy(np.ascontiguousarray(Pc)).to(device=op.device, dtype=op.dtype)
+        # each column solved at unit norm (CG is scale-invariant; float32 would underflow tiny columns)
+        scale = np.sqrt(np.square(Pc, dtype=np.float64).sum(0))
+        scale[~(scale > 0)] = 1.0
+        B = torch.from_numpy(np.ascontiguousarray(Pc / scale)).to(device=op.device, dtype=op.dtype)
         t1 = time.perf_counter()
         Xt, info = propagate_torch(op.S, B, alpha, tol=tol, maxiter=maxiter, clip_negative=clip_negative)
-        X = Xt.cpu().numpy()
+        X = Xt.cpu().numpy().astype(np.float64) * scale
         if perm is not None:
             out = np.empty_like(X)
             out[perm] = X
