@@ -1,5 +1,6 @@
 """Load test of ``tusss serve`` on 127.0.0.1: throughput and p50 / p95 / p99 latency per stage and end to end at
-concurrency 1, 4 and 16, micro-batching on (--max-batch 8) and off (--max-batch 1) in the same run, resident
+concurrency 1, 4 and 16, micro-batching on (--max-batch 8) and off (--max-batch 1) in the same run (both servers
+up at once, each concurrency level run on one then the other, so both see the same machine load), resident
 memory of the server after 50 and after 500 requests, and a PNG plot of latency against concurrency.
 
 The server is the public command (``python -m tusss.cli serve``) with SAM vit_tiny / DBA-CLIP tusss-tiny, random
@@ -166,28 +167,31 @@ def main() -> int:
     conc = [int(c) for c in a.concurrency.split(",")]
     modes = {"batching on (max-batch 8, 10 ms)": ["--max-batch", "8", "--max-wait-ms", "10", "--max-queue", "256"],
              "batching off (max-batch 1)": ["--max-batch", "1", "--max-queue", "256"]}
-    for mode, extra in modes.items():
-        s = Server(*extra)
-        try:
+    servers = {mode: Server(*extra) for mode, extra in modes.items()}  # both up: levels interleaved, same load
+    try:
+        rss50 = {}
+        for mode, s in servers.items():
             s.load(images, 4, 1)  # client / connection warm-up (not recorded)
             s.load(images, 46, 4)  # -> 50 requests served (both modes alike)
-            rss50 = rss_mb(s.proc.pid)
-            done = 50
-            rows = []
-            for c in conc:
+            rss50[mode] = rss_mb(s.proc.pid)
+            res["modes"][mode] = []
+        done = 50
+        for c in conc:
+            for mode, s in servers.items():
                 r = s.load(images, a.requests, c)
-                done += a.requests
-                rows.append(r)
+                res["modes"][mode].append(r)
                 print(f"{mode:34s} c={c:2d}: {r['throughput_rps']:.2f} req/s, end-to-end p50 "
                       f"{r['end_to_end']['p50_ms']:.0f} ms p95 {r['end_to_end']['p95_ms']:.0f} ms p99 "
                       f"{r['end_to_end']['p99_ms']:.0f} ms, mean batch {r['mean_batch_size']:.2f}", flush=True)
-            res["modes"][mode] = rows
-            if mode.startswith("batching on") and a.leak_requests > done:
+            done += a.requests
+        res["rss_mb"] = {}
+        for mode, s in servers.items():
+            if a.leak_requests > done:
                 s.load(images, a.leak_requests - done, 16)
-                res["rss_mb"] = {"after_50": rss50, f"after_{a.leak_requests}": rss_mb(s.proc.pid)}
-                print(f"server RSS (MiB): {res['rss_mb']}", flush=True)
-        finally:
-            res.setdefault("exit_status", {})[mode] = s.stop()
+            res["rss_mb"][mode] = {"after_50": rss50[mode], f"after_{max(a.leak_requests, done)}": rss_mb(s.proc.pid)}
+            print(f"{mode}: server RSS (MiB) {res['rss_mb'][mode]}", flush=True)
+    finally:
+        res["exit_status"] = {mode: s.stop() for mode, s in servers.items()}
     res["machine"]["load_avg_at_end"] = os.getloadavg()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
