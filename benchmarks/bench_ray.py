@@ -15,7 +15,9 @@ is the overhead that remains at dataset scale). ``ray.init`` is timed
 separately (paid once per cluster, not per command on a running cluster). Run it with the machine otherwise idle
 for meaningful ratios::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_ray.py --images 12 48 --out benchmarks/results/ray.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_ray.py --images 12 48 --out benchmarks/results/ray_tiny.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_ray.py --clip ViT-B-16 --skip-masks --images 8 32 \
+        --out benchmarks/results/ray_vitb16.json
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def main() -> int:
     ap.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--mask-step", type=int, default=16, help="grid mask size (masks per image = H*W/step^2)")
     ap.add_argument("--skip-masks", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results/ray.json")
+    ap.add_argument("--out", default="benchmarks/results/ray_tiny.json")
     args = ap.parse_args()
 
     from tusss.distributed import init_ray
