@@ -102,6 +102,7 @@ def inductor_rows(*, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",
     ``"speedup_vs_torch_compile"`` (GPU). Eager at fp16/bf16 = the graph module cast to that dtype.
     """
     import copy
+    import gc
 
     from tusss.clip.model import DBAClip
     from tusss.engine.build import Limits, graph_specs
@@ -137,6 +138,7 @@ def inductor_rows(*, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",
                 g = OrtGraph(path, {n: {"dtype": "float32", "shape": ins[n]} for n in sp["inputs"]}, list(outs),
                              ["CPUExecutionProvider"], torch.get_num_threads())
                 ort_s, _, _ = timed(lambda: g.run(feeds)[0], repeats)  # noqa: B023
+                del g  # free the session before compiling (vit_b decoder at 256 prompts: tens of GB in all)
             for prec in precisions:
                 dt = DTYPES[prec]
                 mod = sp["module"] if (prec == "fp32" and device == "cpu") else \
@@ -183,6 +185,8 @@ def inductor_rows(*, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",
                     tc_s, _, _ = timed(run_tc, repeats)
                     r.update({"torch_compile_s": tc_s, "speedup_vs_torch_compile": tc_s / ind_s})
                 rows.append(r)
+                del ig, mod, got
+                gc.collect()
                 log(f"[bench_engine] {r['row']}: eager {eager_s:.3f} s, inductor {ind_s:.3f} s "
                     f"({eager_s / ind_s:.2f}x)" + (f", ORT {ort_s:.3f} s ({ort_s / ind_s:.2f}x)" if ort_s else "")
                     + f", compile {compile_s:.0f} s, {r['package_mb']:.1f} MB, rel {r['rel']:.1e}")
