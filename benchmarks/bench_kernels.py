@@ -175,7 +175,7 @@ def main() -> None:
     shape = f"{W0}x{H0} M={masks.shape[0]} D={D} resized {wr}x{hr}, 40 windows + global"
     t_ref = timeit(lambda: gsw_pool_reference(f_glob.cpu(), f_win.cpu(), masks.cpu(), (hr, wr)), 1)
     m_ref = peak_mem_mb(lambda: gsw_pool_reference(f_glob.cpu(), f_win.cpu(), masks.cpu(), (hr, wr)))
-    add("pool GSW", "full-res canvas (reference §3, CPU)", shape, t_ref, m_ref)
+    add("pool GSW", "full-res canvas (docs/reference-code.md §3, CPU)", shape, t_ref, m_ref)
 
     def gsw_adj():
         return gsw_pool(*gsw_pool_weights(masks, (hr, wr)), f_glob, f_win)

@@ -1,4 +1,4 @@
-"""Deliberately naive DBA-CLIP + GSW written straight from reference §2-3 (test oracle, slow, no batching).
+"""Deliberately naive DBA-CLIP + GSW written straight from docs/reference-code.md §2-3 (test oracle, slow, no batching).
 
 API:
     naive_embed_masks(clip_model, image, masks, cfg) -> (M, D) float32
@@ -45,7 +45,7 @@ def upsample(fmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def naive_bias(token_masks: torch.Tensor | None, L: int, cfg) -> torch.Tensor:
-    """(M, N) bool token membership -> (L, L) bias (reference §2 steps 1-3), by explicit loops."""
+    """(M, N) bool token membership -> (L, L) bias (docs/reference-code.md §2 steps 1-3), by explicit loops."""
     bias = torch.zeros(L, L, dtype=torch.float64)
     if token_masks is None or cfg.bias == "none":
         return bias
@@ -168,7 +168,8 @@ def _starts(size: int, win: int, stride: int) -> list[int]:
 
 @torch.no_grad()
 def naive_embed_masks(clip_model, image: np.ndarray, masks: np.ndarray, cfg) -> np.ndarray:
-    """Mask embeddings by reference §2-3, step by step. ``clip_model``: open_clip CLIP; ``cfg``: DBAClipConfig."""
+    """Mask embeddings by docs/reference-code.md §2-3, step by step. ``clip_model``: open_clip CLIP; ``cfg``:
+    DBAClipConfig."""
     visual = clip_model.visual
     p = visual.patch_size[0]
     H0, W0 = masks.shape[1:]

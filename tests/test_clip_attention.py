@@ -79,7 +79,7 @@ def test_nearest_indices_are_pytorchs(n_in, n_out):
     for mode in ("nearest", "nearest-exact"):
         ref = F.interpolate(x, size=(n_out, 3), mode=mode)[0, 0, :, 0].long()
         assert torch.equal(nearest_indices(n_in, n_out, mode), ref)
-    # PyTorch nearest = floor(i * in / out) (reference §2 step 1)
+    # PyTorch nearest = floor(i * in / out) (docs/reference-code.md §2 step 1)
     exp = np.floor(np.arange(n_out) * (n_in / n_out)).astype(int)
     assert np.abs(nearest_indices(n_in, n_out).numpy() - exp).max() <= 1
 
@@ -100,7 +100,8 @@ def _blobs(M, H, W, seed):
 
 
 def test_gsw_pool_matches_dense_fusion():
-    """Separable-weight pooling == dense canvas fusion + bilinear up-sampling + masked mean (reference §3)."""
+    """Separable-weight pooling == dense canvas fusion + bilinear up-sampling + masked mean (docs/reference-code.md
+    §3)."""
     H0, W0, D = 75, 101, 6
     cfg = DBAClipConfig.preset("reference", target_size=112, window_sizes=(64, 32))
     lay = make_layout(H0, W0, cfg)

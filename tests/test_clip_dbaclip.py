@@ -1,4 +1,4 @@
-"""DBA-CLIP embed_masks against the naive implementation of reference §2-3 (tests/naive_dbaclip.py) and
+"""DBA-CLIP embed_masks against the naive implementation of docs/reference-code.md §2-3 (tests/naive_dbaclip.py) and
 against open_clip's own image tower."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def test_reference_bias_is_active():
     a = _tiny(**SMALL).embed_masks(img, masks)
     b = _tiny("sclip", **SMALL).embed_masks(img, masks)
     assert _rel(a, b) > 1e-3
-    # the bias depends on the other masks of the image (joint bias, reference §2)
+    # the bias depends on the other masks of the image (joint bias, docs/reference-code.md §2)
     c = _tiny(**SMALL).embed_masks(img, masks[:2])
     assert _rel(a[:2], c) > 1e-4
 

@@ -1,7 +1,7 @@
 """DBAClip.embed_masks on every kernel backend: TUSSS_KERNELS=torch (PyTorch twins), TUSSS_KERNELS=triton (Triton
 kernels in the CPU interpreter, one subprocess with TRITON_INTERPRET=1) and TUSSS_KERNELS=reference (plain
 materialised-bias path, one last-block pass per mask for ``paper``), each against the naive reference
-implementation of reference §2-3 (tests/naive_dbaclip.py), for every preset. Tiny model, small images."""
+implementation of docs/reference-code.md §2-3 (tests/naive_dbaclip.py), for every preset. Tiny model, small images."""
 
 from __future__ import annotations
 

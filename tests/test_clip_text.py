@@ -1,4 +1,4 @@
-"""Text embeddings (reference §4), template sets and vocabularies."""
+"""Text embeddings (docs/reference-code.md §4), template sets and vocabularies."""
 
 from __future__ import annotations
 

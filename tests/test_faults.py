@@ -85,6 +85,9 @@ def run_killed(argv: list[str], n: int, timeout: float = 240.0) -> None:
     if pid == 0:  # child: no pytest machinery, no atexit handlers
         rc = 99
         try:
+            # The parent's OpenMP thread team does not survive fork(): a child that enters a parallel region
+            # waits forever for threads that no longer exist. One intra-op thread keeps every op inline.
+            torch.set_num_threads(1)
             os.environ["TUSSS_FAULT_KILL_AFTER"] = str(n)
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
@@ -115,6 +118,18 @@ def quiet_main(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ the world
+@pytest.fixture(scope="module", autouse=True)
+def _one_intra_op_thread():
+    """Float reductions depend on torch's thread count: every run this module compares (the in-process
+    references, forked children, fresh subprocesses with OMP_NUM_THREADS=1, Ray actors at < 1 CPU) uses one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     """A tiny VOC split and the uninterrupted outputs of every long command (the references)."""

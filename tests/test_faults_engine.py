@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from _engine_helpers import tiny_models
 
 from tusss.engine.build import build_engine
@@ -55,6 +56,7 @@ def _killed_build(out: Path, n: int, timeout: float = 600) -> None:
     pid = os.fork()
     if pid == 0:
         try:
+            torch.set_num_threads(1)  # the parent's OpenMP team does not survive fork() (see test_faults.run_killed)
             os.environ["TUSSS_FAULT_KILL_AFTER"] = str(n)
             _build(out)
         finally:

@@ -1,5 +1,5 @@
 """Inductive label propagation (Eq. 14-15) by hand, its error against the exact Eq. 11 solve, and the
-probe/LP combination of reference §6.5."""
+probe/LP combination of docs/reference-code.md §6.5."""
 
 from __future__ import annotations
 

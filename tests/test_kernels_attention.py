@@ -1,5 +1,5 @@
 """Mask-biased dual-softmax attention: bitsets, PyTorch twin and Triton kernel (CPU interpreter) against a
-plain computation with the materialised L×L bias and two explicit softmaxes (reference §2)."""
+plain computation with the materialised L×L bias and two explicit softmaxes (docs/reference-code.md §2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Adjoint bilinear mask pooling and GSW weight composition against the full-resolution reference computation
-(F.interpolate upsampling, canvas accumulation, masked mean; reference §2 "Mask pooling" and §3)."""
+(F.interpolate upsampling, canvas accumulation, masked mean; docs/reference-code.md §2 "Mask pooling" and §3)."""
 
 from __future__ import annotations
 

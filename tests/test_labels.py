@@ -1,4 +1,4 @@
-"""Vote fractions and mask->pixel painting (reference §1, §5) on hand-made masks."""
+"""Vote fractions and mask->pixel painting (docs/reference-code.md §1, §5) on hand-made masks."""
 
 from __future__ import annotations
 

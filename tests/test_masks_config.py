@@ -1,4 +1,4 @@
-"""MaskGenConfig presets (reference §1 pattern l2_nmsf_s1_rsw3 and SAM's defaults), overrides, hash."""
+"""MaskGenConfig presets (docs/reference-code.md §1 pattern l2_nmsf_s1_rsw3 and SAM's defaults), overrides, hash."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tusss.masks.config import MEMORY_ONLY_FIELDS
 
 def test_tuss_preset_is_reference_pattern() -> None:
     c = preset_config("tuss")
-    expected = dict(  # reference §1 table
+    expected = dict(  # docs/reference-code.md §1 table
         points_per_side=32,
         points_per_batch=256,
         pred_iou_thresh=0.86,

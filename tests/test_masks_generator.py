@@ -1,4 +1,4 @@
-"""MaskGenerator (reference §1) against segment_anything's own generator and an independent naive pipeline.
+"""MaskGenerator (docs/reference-code.md §1) against segment_anything's own generator and an independent naive pipeline.
 
 The SAM network is the real tiny architecture with its encoder/decoder swapped for the scene-reading fakes
 of ``_sam_fakes`` (deterministic, realistic candidates); SAM's pre/post-processing runs unchanged.

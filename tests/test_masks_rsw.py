@@ -1,4 +1,4 @@
-"""Rock-sand-water filter (reference §1) on hand-made masks with known answers and against a naive loop."""
+"""Rock-sand-water filter (docs/reference-code.md §1) on hand-made masks with known answers and against a naive loop."""
 
 from __future__ import annotations
 

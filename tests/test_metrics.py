@@ -1,4 +1,4 @@
-"""mIoU and mask F1 (reference §7) against hand-computed confusion matrices and scikit-learn."""
+"""mIoU and mask F1 (docs/reference-code.md §7) against hand-computed confusion matrices and scikit-learn."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""OVSegmenter against a naive numpy re-computation of reference §4-5 (tiny DBA-CLIP, random weights).
+"""OVSegmenter against a naive numpy re-computation of docs/reference-code.md §4-5 (tiny DBA-CLIP, random weights).
 
-The reference embeds the masks with tests/naive_dbaclip.py (reference §2-3 step by step, independent of
+The reference embeds the masks with tests/naive_dbaclip.py (docs/reference-code.md §2-3 step by step, independent of
 tusss.clip) and the class names with open_clip's own tokenizer and ``encode_text``; scoring and painting are
 re-done in numpy.
 """

@@ -57,6 +57,18 @@ def grid_masks(hw: tuple[int, int], empty_one: bool = False) -> MaskSet:
     return MaskSet(np.stack(ms), np.arange(M) % 3, np.ones(M), np.ones(M))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_intra_op_thread():
+    """Float reductions depend on torch's thread count: every run this module compares (the in-process
+    references, forked children, fresh subprocesses with OMP_NUM_THREADS=1, Ray actors at < 1 CPU) uses one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A local 2-CPU Ray cluster on 127.0.0.1 owned by this module; yields its GCS address."""

@@ -1,4 +1,4 @@
-"""tusss.scoring.seed_on_logits against hand-computed values (reference §5)."""
+"""tusss.scoring.seed_on_logits against hand-computed values (docs/reference-code.md §5)."""
 
 from __future__ import annotations
 

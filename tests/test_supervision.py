@@ -1,4 +1,4 @@
-"""P^c per supervision type (reference §6.2) against hand-computed values."""
+"""P^c per supervision type (docs/reference-code.md §6.2) against hand-computed values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluation of a folder of predictions against a dataset split: mIoU and mask F1 (reference §7).
+"""Evaluation of a folder of predictions against a dataset split: mIoU and mask F1 (docs/reference-code.md §7).
 
 :func:`evaluate` reads what ``tusss segment`` / ``tusss predict`` write (``labels/{id}.png`` and
 ``masks/{id}.json``); ``tusss eval`` is a thin wrapper around it.
@@ -43,7 +43,7 @@ def evaluate(
         progress: show a progress bar.
 
     Prediction of image ``id``: ``pred_dir/labels/{id}.png`` (or ``pred_dir/{id}.png``); without a PNG the
-    map is re-painted from ``pred_dir/masks/{id}.json`` and the cached masks (reference §5 priority rule).
+    map is re-painted from ``pred_dir/masks/{id}.json`` and the cached masks (docs/reference-code.md §5 priority rule).
     Mask F1 needs the JSON (per-mask labels) and the mask cache (per-mask GT votes).
 
     Returns:

@@ -1,4 +1,4 @@
-"""Mask <-> pixel label conversions (reference §1 "vote probabilities", §5 mask->pixel painting).
+"""Mask <-> pixel label conversions (docs/reference-code.md §1 "vote probabilities", §5 mask->pixel painting).
 
 * :func:`vote_fractions`: for each mask the fraction of its (non-ignored) GT pixels of each class
   (``sp_lb_vote_prob``); :func:`vote_labels` is its argmax (``vote_lb``; an all-ignore mask -> class 0).
@@ -40,7 +40,7 @@ def vote_fractions(masks: np.ndarray, gt: np.ndarray, num_classes: int, ignore_i
         num_classes: K.
 
     Row m is ``count_m[c] / sum_c count_m[c]`` over the mask's non-ignored pixels; a mask holding only
-    ignored pixels gets an all-zero row (reference §1, ``sp_lb_vote_prob``).
+    ignored pixels gets an all-zero row (docs/reference-code.md §1, ``sp_lb_vote_prob``).
     """
     masks = _check_mask_stack(masks)
     K = int(num_classes)
@@ -79,7 +79,7 @@ def vote_labels(fractions: np.ndarray) -> np.ndarray:
 
 
 def paint_order(level: np.ndarray, conf: np.ndarray) -> np.ndarray:
-    """Indices that sort masks ascending by (level, conf), stable (reference §5 priority rule)."""
+    """Indices that sort masks ascending by (level, conf), stable (docs/reference-code.md §5 priority rule)."""
     level = np.asarray(level).reshape(-1)
     conf = np.asarray(conf, dtype=np.float64).reshape(-1)
     if level.shape != conf.shape:

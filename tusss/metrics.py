@@ -1,4 +1,4 @@
-"""Evaluation metrics of reference §7: split-level mIoU and per-mask (macro) F1.
+"""Evaluation metrics of docs/reference-code.md §7: split-level mIoU and per-mask (macro) F1.
 
 Both follow the authors' confusion-matrix metrics (alchemy_cat ``SegmentationMetric`` /
 ``ClassificationMetric``):
@@ -187,7 +187,7 @@ class ConfusionMatrix:
 
 
 def miou(preds: list[np.ndarray] | np.ndarray, gts: list[np.ndarray] | np.ndarray, num_classes: int) -> float:
-    """mIoU over a split given matching lists of prediction and GT maps (reference §7)."""
+    """mIoU over a split given matching lists of prediction and GT maps (docs/reference-code.md §7)."""
     if isinstance(preds, np.ndarray) and isinstance(gts, np.ndarray) and preds.shape == gts.shape:
         preds, gts = [preds], [gts]
     if len(preds) != len(gts):
@@ -200,7 +200,7 @@ def miou(preds: list[np.ndarray] | np.ndarray, gts: list[np.ndarray] | np.ndarra
 
 @dataclass
 class MaskF1:
-    """Per-mask classification scores (reference §7 "F1 on SAM masks")."""
+    """Per-mask classification scores (docs/reference-code.md §7 "F1 on SAM masks")."""
 
     f1: float
     accuracy: float

@@ -1,13 +1,13 @@
 """Open-vocabulary segmentation: SAM masks -> DBA-CLIP mask embeddings -> text scores -> label map.
 
-Per image (reference §4-5):
+Per image (docs/reference-code.md §4-5):
 
 1. masks: a :class:`~tusss.masks.MaskSet` given by the caller, or ``mask_generator.generate(image)``;
    masks with zero area are dropped (they cannot be embedded).
 2. ``e = clip.embed_masks(image, masks)`` (M, D); logits ``100 * cos(e, t)`` against the text embeddings
    ``t = clip.encode_text(names, templates)``.
 3. per-mask scores / labels / confidences by :func:`tusss.scoring.seed_on_logits` with the background
-   handling of the class set (reference §5 "concrete settings"):
+   handling of the class set (docs/reference-code.md §5 "concrete settings"):
 
    * ``explicit`` ('background' is text column 0, e.g. ``voc21``): softmax (gamma 1) over all columns,
      then ``s_bg <- s_bg ** alpha`` (``bg_alpha``, default 1);
@@ -257,7 +257,7 @@ class OVSegmenter:
         return self._text
 
     def score(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-mask (scores (M, K), labels (M,), conf (M,)) from text logits (M, C) (reference §5)."""
+        """Per-mask (scores (M, K), labels (M,), conf (M,)) from text logits (M, C) (docs/reference-code.md §5)."""
         cs = self.class_set
         explicit = cs.bg_mode == "explicit"
         has_bg = cs.has_background

@@ -343,16 +343,21 @@ class Predictor:
         tm["embed"] = time.perf_counter() - t1
         return sets, embs
 
-    def embed_batch(self, images: list[np.ndarray], masks: list[MaskSet | None] | None = None
-                    ) -> list[tuple[MaskSet, np.ndarray]]:
-        """:meth:`embed` of several images, heavy stages batched: list of (MaskSet, (M, D) float32)."""
+    def _check_batch(self, images: list[np.ndarray], masks: list[MaskSet | None] | None
+                     ) -> tuple[list[np.ndarray], list[MaskSet | None]]:
+        """Validated images and their given mask sets (None where SAM is to run), one per image."""
         if not isinstance(images, (list, tuple)) or not images:
             raise InputError("images must be a non-empty list of (H, W, 3) uint8 arrays")
         images = [check_image(im) for im in images]
         masks = list(masks) if masks is not None else [None] * len(images)
         if len(masks) != len(images):
             raise InputError(f"{len(images)} images but {len(masks)} mask sets")
-        given = [self._check_masks(im, m) for im, m in zip(images, masks)]
+        return images, [self._check_masks(im, m) for im, m in zip(images, masks)]
+
+    def embed_batch(self, images: list[np.ndarray], masks: list[MaskSet | None] | None = None
+                    ) -> list[tuple[MaskSet, np.ndarray]]:
+        """:meth:`embed` of several images, heavy stages batched: list of (MaskSet, (M, D) float32)."""
+        images, given = self._check_batch(images, masks)
         with self.lock:
             sets, embs = self._embed_batch(images, given, {})
         return list(zip(sets, embs))
@@ -378,13 +383,7 @@ class Predictor:
         """:meth:`predict` of several images; the SAM encoder and the DBA-CLIP tower passes run batched across
         them. Per-image ``timings`` hold the batch's stage times and ``batch_size``."""
         t_start = time.perf_counter()
-        if not isinstance(images, (list, tuple)) or not images:
-            raise InputError("images must be a non-empty list of (H, W, 3) uint8 arrays")
-        images = [check_image(im) for im in images]
-        masks = list(masks) if masks is not None else [None] * len(images)
-        if len(masks) != len(images):
-            raise InputError(f"{len(images)} images but {len(masks)} mask sets")
-        given = [self._check_masks(im, m) for im, m in zip(images, masks)]
+        images, given = self._check_batch(images, masks)
         clf = self.classifier_for(classes)
         tm: dict[str, float] = {}
         with self.lock:

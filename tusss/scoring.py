@@ -1,4 +1,4 @@
-"""Mask-level scoring ("seeding"): per-mask scores, labels and confidences from logits (reference §5).
+"""Mask-level scoring ("seeding"): per-mask scores, labels and confidences from logits (docs/reference-code.md §5).
 
 This is the authors' ``seed_on_logits`` (TUSS ``src/libs/seeding/seed_anns/seed_on_logits.py`` with
 AlchemyCat's ``cam2score_cuda`` / ``cat_bg_score_cuda`` / ``idx2seed_cuda`` / ``min_max_norm``), without the
@@ -165,7 +165,7 @@ def seed_on_logits(
     bg_method: BgMethod | Mapping[str, object] | None = None,
     with_bg_logit: bool = False,
 ) -> SeedResult:
-    """Per-mask scores, labels and confidences of one image (reference §5 ``seed_on_logits``).
+    """Per-mask scores, labels and confidences of one image (docs/reference-code.md §5 ``seed_on_logits``).
 
     Args:
         logits: (M, C) float logits or scores. With ``with_bg_logit`` column 0 is background and column

@@ -1,4 +1,4 @@
-"""Soft pseudo-labels P^c per supervision type (paper §4.2, reference §6.1-6.2).
+"""Soft pseudo-labels P^c per supervision type (paper §4.2, docs/reference-code.md §6.1-6.2).
 
 All tables are over the N training masks stacked image by image (``offsets``: rows
 ``offsets[i]:offsets[i+1]`` belong to image i) and K dataset classes (class 0 = background when
@@ -9,7 +9,7 @@ All tables are over the N training masks stacked image by image (``offsets``: ro
   (COCO "ov启"); optional ``semi_balance`` (labelled and unlabelled total masses made equal) and
   ``bg_fg_balance='eq'`` (bg column and fg columns made equal in total mass).
 - weak: zero-shot logits over fg names + dustbin bg names, softmax over all names, restricted to the image
-  classes, per-image min-max, bg = (1 - max)^p (reference §5 via :mod:`tusss.scoring`).
+  classes, per-image min-max, bg = (1 - max)^p (docs/reference-code.md §5 via :mod:`tusss.scoring`).
 """
 
 from __future__ import annotations
@@ -146,8 +146,9 @@ def semi_balance(Y: np.ndarray, labeled: np.ndarray, ratio: float = 1.0) -> np.n
 
 
 def prob2soft_label(scores: np.ndarray, cls_lb: np.ndarray, gamma: float = 100.0) -> np.ndarray:
-    """Probe targets from a score table: ``softmax(gamma · score)`` over the allowed classes (reference §6.1
-    ``prob2soft_lb={'norm': 'softmax', 'gamma': 100}``). Rows without an allowed class are zeros."""
+    """Probe targets from a score table: ``softmax(gamma · score)`` over the allowed classes
+    (docs/reference-code.md §6.1 ``prob2soft_lb={'norm': 'softmax', 'gamma': 100}``).
+    Rows without an allowed class are zeros."""
     z = np.where(cls_lb, gamma * np.asarray(scores, dtype=np.float64), -np.inf)
     m = z.max(1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
@@ -229,7 +230,7 @@ def weak_supervision(
 
     Args:
         zero_shot_logits: (N, C) 100·cos logits over C >= K - 1 names: the K - 1 fg class names first, then
-            the background dustbin names (reference §4).
+            the background dustbin names (docs/reference-code.md §4).
         image_labels: per image, its fg classes (fg indices 0..K-2).
         offsets: (I + 1,) image boundaries.
         num_classes: K (background included).
@@ -313,7 +314,7 @@ class WeakSupervision:
             truth** (:meth:`tusss.data.datasets.SegDataset.image_classes` with ``fg_index=True``), not the
             classes that some mask happens to cover.
         num_classes: K (background included); None -> the GLCC's class names.
-        fg_method / bg_method: the zero-shot scoring (default: reference §5 WSSS setting).
+        fg_method / bg_method: the zero-shot scoring (default: docs/reference-code.md §5 WSSS setting).
         variant: "reference" | "paper".
     """
 

@@ -163,7 +163,7 @@ def add_sam_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SAM masks")
     g.add_argument("--sam", default="vit_h", help="SAM model type: vit_h (reference), vit_l, vit_b, vit_tiny")
     g.add_argument("--checkpoint", default="official", help=f"SAM weights: {WEIGHT_SOURCE_HELP}")
-    g.add_argument("--preset", default="tuss", help="mask preset: tuss (reference §1) or sam")
+    g.add_argument("--preset", default="tuss", help="mask preset: tuss (docs/reference-code.md §1) or sam")
     g.add_argument("--sam-opt", action="append", metavar="KEY=VALUE",
                    help="override a MaskGenConfig field, e.g. points_per_side=16 (repeatable)")
 

@@ -13,7 +13,7 @@
 (colour overlay) and ``OUT/masks/{id}.json`` (per-mask labels, confidences and scores); an image that cannot
 be read or segmented is reported, skipped and listed at the end (exit status 1), the rest of the batch goes on.
 ``tusss eval`` computes the mIoU of the label PNGs (or of labels re-painted from the JSONs and the cached
-masks) and, when the mask cache is given, the mask F1 of reference §7 (:func:`tusss.evaluation.evaluate`).
+masks) and, when the mask cache is given, the mask F1 of docs/reference-code.md §7 (:func:`tusss.evaluation.evaluate`).
 ``--checkpoint random`` / ``--weights random`` build the networks with random weights (seeded by ``--seed``),
 for tests and dry runs.
 """
@@ -257,7 +257,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common(p)
     p.set_defaults(func=cmd_segment)
 
-    p = subparsers.add_parser("eval", help="mIoU and mask F1 against ground truth (reference §7)",
+    p = subparsers.add_parser("eval", help="mIoU and mask F1 against ground truth (docs/reference-code.md §7)",
                               description="Evaluate label PNGs (or per-mask JSON predictions + cached masks) of a "
                               "dataset split: mIoU over the split and, with --mask-cache, per-mask macro "
                               "F1.")  # fmt: skip

@@ -1,4 +1,4 @@
-"""The materialised DBA attention bias (reference §2 ``get_mask2mask_att_bias``), for the exported graphs.
+"""The materialised DBA attention bias (docs/reference-code.md §2 ``get_mask2mask_att_bias``), for the exported graphs.
 
 DBAClip's last block calls tusss.kernels (``masked_dual_attention``: bitsets and a fused kernel, or the PyTorch
 twin that materialises this bias); the ONNX/TensorRT graphs of tusss.export / tusss.engine take the bias as an

@@ -1,5 +1,5 @@
 """The CLIP ViT image tower split for DBA-CLIP: embeddings + blocks 0..n-2 unchanged, the modified last block
-(reference §2 "Modified last block"), and the LN_post + proj readout of the patch tokens."""
+(docs/reference-code.md §2 "Modified last block"), and the LN_post + proj readout of the patch tokens."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class PerMaskFeatures:
 def resize_pos_embed(
     pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], mode: str = "bicubic"
 ) -> torch.Tensor:
-    """Resize a (1 + gh*gw, D) positional embedding to ``new_grid`` (reference §2 ``resize_pos_embed2d``).
+    """Resize a (1 + gh*gw, D) positional embedding to ``new_grid`` (docs/reference-code.md §2 ``resize_pos_embed2d``).
 
     The CLS entry is kept; the grid is interpolated with ``mode`` (align_corners False, no antialias).
     """
@@ -152,7 +152,7 @@ class TowerRunner:
 
     def last_block(self, x: torch.Tensor, token_masks: torch.Tensor | None = None, *,
                    attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Modified last block (reference §2): x1 = rw x + aw W_o[A v], x2 = x1 + MLP(LN2(x1)).
+        """Modified last block (docs/reference-code.md §2): x1 = rw x + aw W_o[A v], x2 = x1 + MLP(LN2(x1)).
 
         The one implementation of the block: eager DBA-CLIP, the engine's exported windows graph
         (:class:`tusss.export.clip.ClipWindowsGraph`, through ``attn_bias``) and the per-mask passes all run it;

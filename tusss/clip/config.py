@@ -1,10 +1,10 @@
-"""DBA-CLIP configuration: every constant of reference §2-3 as an overridable field, plus named presets.
+"""DBA-CLIP configuration: every constant of docs/reference-code.md §2-3 as an overridable field, plus named presets.
 
 Presets (``DBAClipConfig.preset(name, **overrides)``):
 
-- ``"reference"`` (default): what the authors' code computes (reference §2-3, §10): one joint attention bias
-  for all masks of a window (tokens sharing >= 1 mask: 0, otherwise -4; diagonal not forced; CLS row/column
-  0), token membership by PyTorch ``nearest`` downsampling of the float mask, scale 1/sqrt(head_dim),
+- ``"reference"`` (default): what the authors' code computes (docs/reference-code.md §2-3, §10): one joint
+  attention bias for all masks of a window (tokens sharing >= 1 mask: 0, otherwise -4; diagonal not forced;
+  CLS row/column 0), token membership by PyTorch ``nearest`` downsampling of the float mask, scale 1/sqrt(head_dim),
   A = S_q + S_k (sum), residual weight 1, FFN kept, GSW with short side 448, 224 windows at stride 56,
   global pass on the resized image, fusion 0.5 / 0.5, bilinear up-sampling to the original size and a mean
   over the hard mask pixels.
@@ -14,7 +14,7 @@ Presets (``DBAClipConfig.preset(name, **overrides)``):
   on v (patch tokens keep their own value), residual and FFN kept, no bias.
 - ``"sclip"``: q-q + k-k attention (sum) without any bias (reference "SCLIPLayers" without bias).
 - ``"plain"``: the unmodified CLIP last block (q-k softmax attention), no bias: open_clip's own image tower.
-- ``"cityscapes"``: reference §3 Cityscapes scheme: short side 512, windows 448 and 224 at stride
+- ``"cityscapes"``: docs/reference-code.md §3 Cityscapes scheme: short side 512, windows 448 and 224 at stride
   window // 2, no global pass, the two window sizes averaged, CLS not visible to patch tokens.
 """
 
@@ -32,16 +32,17 @@ MODES = ("sum", "mean")
 
 @dataclass(frozen=True)
 class DBAClipConfig:
-    """All constants of DBA-CLIP + GSW (reference §2-3). Defaults = preset ``"reference"``.
+    """All constants of DBA-CLIP + GSW (docs/reference-code.md §2-3). Defaults = preset ``"reference"``.
 
     Attributes:
         attention: last-block attention: ``"dual"`` = S_q + S_k (q-q and k-k softmax, SCLIP/DBA),
             ``"identity"`` = attention replaced by the identity on v (MaskCLIP, Eq. 5), ``"qk"`` = the
             unmodified CLIP softmax(q k^T) attention.
         attention_mode: ``"sum"`` (A = S_q + S_k, reference) or ``"mean"`` (A = 1/2 (S_q + S_k), paper Eq. 9).
-        scale: logit scale of the attention; ``None`` = head_dim ** -0.5 (reference: 1/8 for ViT-B/16).
-        bias: ``"joint"`` = one bias from all masks (reference §2), ``"per_mask"`` = one last-block pass per
-            mask with the bias of that mask only (paper Eq. 9), ``"none"`` = no attention bias.
+        scale: logit scale of the attention; ``None`` = head_dim ** -0.5 (reference: 1/8 for
+        ViT-B/16).
+        bias: ``"joint"`` = one bias from all masks (docs/reference-code.md §2), ``"per_mask"`` = one last-block
+            pass per mask with the bias of that mask only (paper Eq. 9), ``"none"`` = no attention bias.
         bias_value: additive logit bias between tokens that share no mask (reference: -4; paper: "-c").
         force_diagonal: allow every token to attend itself (paper's B = m m^T v I); reference: False.
         cls_visible: patch tokens may attend the CLS token with bias 0 (VOC/COCO True, Cityscapes False).

@@ -1,11 +1,11 @@
-"""Global-aware sliding window (GSW) geometry and inputs (reference §3, paper §5.2).
+"""Global-aware sliding window (GSW) geometry and inputs (docs/reference-code.md §3, paper §5.2).
 
 - resize: scale = target / min(H0, W0); side = round(scale * side) rounded UP to a multiple of 16; PIL bicubic.
 - windows: size s (clipped to the image), stride s // stride_divisor, starts k * stride with the last window
   shifted to end at the border; all (row, col) start pairs, row-major.
 - token membership: windows use the masks resized to the resized image with ``nearest-exact`` then cropped and
   ``nearest``-downsampled to the window's token grid; the global pass uses the original masks
-  ``nearest``-downsampled to the resized image's token grid (reference §2 step 1, §3).
+  ``nearest``-downsampled to the resized image's token grid (docs/reference-code.md §2 step 1, §3).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """DBA-CLIP: mask embeddings from a CLIP ViT with a mask-biased dual-softmax last block + GSW (paper §4.1,
-reference §2-4)."""
+docs/reference-code.md §2-4)."""
 
 from __future__ import annotations
 
@@ -218,7 +218,7 @@ class DBAClip:
 
     @property
     def logit_scale(self) -> float:
-        """Multiplier of the cosine in :meth:`logits` (OpenAI value 100, reference §4)."""
+        """Multiplier of the cosine in :meth:`logits` (OpenAI value 100, docs/reference-code.md §4)."""
         return float(self.cfg.logit_scale)
 
     # ------------------------------------------------------------------ image side
@@ -261,7 +261,7 @@ class DBAClip:
 
     @torch.no_grad()
     def embed_masks(self, image: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """Unnormalised mask embeddings (paper Eq. 10 with GSW, reference §2-3).
+        """Unnormalised mask embeddings (paper Eq. 10 with GSW, docs/reference-code.md §2-3).
 
         Args:
             image: (H, W, 3) uint8 RGB.
@@ -357,8 +357,8 @@ class DBAClip:
     def encode_text(
         self, class_names: list[str] | tuple[str, ...], templates: str | list[str] = "vild"
     ) -> np.ndarray:
-        """Text embeddings (reference §4): per template encode ``template.format(name)``, L2-normalise, average
-        over templates, L2-normalise. Cached per (names, templates).
+        """Text embeddings (docs/reference-code.md §4): per template encode ``template.format(name)``, L2-normalise,
+        average over templates, L2-normalise. Cached per (names, templates).
 
         Returns:
             (K, D) float32, unit rows.

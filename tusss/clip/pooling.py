@@ -1,4 +1,5 @@
-"""Mask pooling with GSW fusion (reference §2 "Mask pooling", §3) on top of tusss.kernels' adjoint pooling weights.
+"""Mask pooling with GSW fusion (docs/reference-code.md §2 "Mask pooling", §3) on top of tusss.kernels' adjoint
+pooling weights.
 
 Reference semantics (what is computed, for every mask m):
 
@@ -53,7 +54,7 @@ def gsw_pool(
     *,
     window_antialias: bool = True,
 ) -> torch.Tensor:
-    """GSW fusion + ``up_emb_avg`` mask pooling (reference §3) through the adjoint pooling weights.
+    """GSW fusion + ``up_emb_avg`` mask pooling (docs/reference-code.md §3) through the adjoint pooling weights.
 
     Args:
         masks: (M, H0, W0) bool original-resolution masks (non-empty).

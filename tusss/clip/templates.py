@@ -1,4 +1,4 @@
-"""Prompt template sets (reference §4, ``configs/addon/clip_templates.py``).
+"""Prompt template sets (docs/reference-code.md §4, ``configs/addon/clip_templates.py``).
 
 - ``"vild"``: the 14 ViLD templates (SAN / ov-seg ``VILD_PROMPT``); default for training-set scoring and
   COCO-Object / COCO-Stuff / Cityscapes open vocabulary.

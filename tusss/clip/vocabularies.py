@@ -1,4 +1,4 @@
-"""Class vocabularies of the authors' configs (reference §4).
+"""Class vocabularies of the authors' configs (docs/reference-code.md §4).
 
 Sources: CLIP-ES ``clip_text.py`` (github linyq2117/CLIP-ES: ``new_class_names``, ``BACKGROUND_CATEGORY``,
 ``BACKGROUND_CATEGORY_COCO``) and SCLIP ``configs/cls_coco_object.txt``, ``cls_coco_stuff.txt``,
@@ -7,7 +7,7 @@ Sources: CLIP-ES ``clip_text.py`` (github linyq2117/CLIP-ES: ``new_class_names``
 Background modes:
 - ``"explicit"``: text column 0 is the word 'background' and maps to dataset class 0.
 - ``"dustbin"``: extra background names follow the fg names; they map to no class (column_class -1); the
-  background score of class 0 is derived later from the fg scores (reference §5).
+  background score of class 0 is derived later from the fg scores (docs/reference-code.md §5).
 - ``"none"``: no background class.
 """
 

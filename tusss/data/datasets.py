@@ -1,4 +1,4 @@
-"""Readers for the standard on-disk layouts of the evaluation datasets (reference §7).
+"""Readers for the standard on-disk layouts of the evaluation datasets (docs/reference-code.md §7).
 
 All readers share one API (:class:`SegDataset`): ``ids``, ``len()``, ``image(id) -> (H, W, 3) uint8``,
 ``label(id) -> (H, W) uint8 | None`` (255 = ignore), ``class_names``, ``num_classes``,

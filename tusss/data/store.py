@@ -1,4 +1,4 @@
-"""On-disk store of mask embeddings for one dataset split (reference §6.1, §8).
+"""On-disk store of mask embeddings for one dataset split (docs/reference-code.md §6.1, §8).
 
 Layout of a store directory::
 
@@ -83,7 +83,8 @@ class StoreWriter:
     Args:
         root: store directory (created).
         dim: embedding dimension D.
-        dtype: "float32" (default: the authors store float32 embeddings, reference §8) or "float16" on disk.
+        dtype: "float32" (default: the authors store float32 embeddings, docs/reference-code.md §8) or "float16" on
+        disk.
         num_classes: K of the GT fractions (None: no GT in this split).
         shard_size: rows per shard (a shard is closed at the first image boundary past this).
         meta: free-form JSON-able info recorded in the index (model, preset, mask config hash...).

@@ -35,11 +35,9 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, File, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, File, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tusss.errors import InputError, TusssError
 from tusss.serve import app as _app
@@ -59,27 +57,8 @@ DEFAULTS = {"num_replicas": 1, "num_cpus": 1.0, "num_gpus": 0.0, "max_batch_size
 api = FastAPI(title="tusss segmentation service (Ray Serve)", version=_app._version())
 
 
-def _err(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    parts = []
-    for e in exc.errors():
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query"))
-        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-    return _err(422, "invalid request: " + "; ".join(parts))
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _err(exc.status_code, str(exc.detail))
-
-
-@api.exception_handler(Exception)
-async def _internal(request: Request, exc: Exception) -> JSONResponse:  # a bug, never the client's input
-    return _err(500, f"internal error: {type(exc).__name__}")
+_err = _app.error_response
+_app.install_error_handlers(api)
 
 
 def _parse_classes(classes: str | None) -> list[str] | None:

@@ -1,8 +1,8 @@
 """``tusss-engine bench``: per-stage timings of the open-vocabulary pipeline, per backend.
 
-Stages per image (reference §1-5): ``masks`` (SAM automatic mask generation), ``embeddings`` (DBA-CLIP
+Stages per image (docs/reference-code.md §1-5): ``masks`` (SAM automatic mask generation), ``embeddings`` (DBA-CLIP
 with GSW over the image's masks), ``classification`` (100 * cos against the vocabulary's text
-embeddings, reference §5 scoring, label painting). The text embeddings are computed once per vocabulary
+embeddings, docs/reference-code.md §5 scoring, label painting). The text embeddings are computed once per vocabulary
 (``text`` row, setup) and building an engine is timed apart (``build`` row, setup).
 
 With random weights SAM's predicted IoUs rarely pass the preset thresholds; when an image gets no mask the

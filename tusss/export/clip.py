@@ -1,6 +1,6 @@
 """Export-friendly views of the DBA-CLIP image path and of the CLIP text encoder.
 
-``ClipWindowsGraph`` (reference §2): a batch of N same-size crops (windows of 224 x 224, or the global
+``ClipWindowsGraph`` (docs/reference-code.md §2): a batch of N same-size crops (windows of 224 x 224, or the global
 pass) -> per-token 512-d features.
 
     inputs  pixels     (N, 3, H, W) float32, CLIP-normalised, H and W multiples of the patch size

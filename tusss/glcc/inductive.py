@@ -1,4 +1,4 @@
-"""Inductive label propagation (paper Eq. 14-15, Appendix B; reference §6.5) and the probe combination.
+"""Inductive label propagation (paper Eq. 14-15, Appendix B; docs/reference-code.md §6.5) and the probe combination.
 
 For a test embedding e: a = raw cosine to its k̄ nearest training embeddings (no gamma, no clamping),
 
@@ -6,7 +6,7 @@ For a test embedding e: a = raw cosine to its k̄ nearest training embeddings (n
     ā_i = a_i / sqrt(0.5 · d_i · Σ_j a_j)                    (norm="paper", Eq. 15)
     ā   = a / ||a||_1                                         (norm="L1", Table 8 ablation)
 
-and bias = Σ_i ā_i P*_i (Eq. 14 without the prior). The combination (reference §6.5,
+and bias = Σ_i ā_i P*_i (Eq. 14 without the prior). The combination (docs/reference-code.md §6.5,
 ``LinearCombineClassifier``): p = s_probe + w · s_LP, classes where either weighted term < 1e-8 set to 0
 (``score_suppress``), L1 over classes, background exponent, argmax. The paper's form p + α āᵀP* with
 p = softmax(U e) is ``combine="paper"``.
@@ -217,7 +217,7 @@ def _l1(s: np.ndarray) -> np.ndarray:
 
 @dataclass
 class CombineConfig:
-    """How the probe and inductive-LP scores are combined (reference §6.5).
+    """How the probe and inductive-LP scores are combined (docs/reference-code.md §6.5).
 
     Attributes:
         mode: "reference" (p = s_probe + w·s_LP with score suppression, L1, bg^α₃) or "paper"

@@ -1,4 +1,4 @@
-"""k-nearest-neighbour graph of L2-normalised mask embeddings (paper §3, reference §6.4).
+"""k-nearest-neighbour graph of L2-normalised mask embeddings (paper §3, docs/reference-code.md §6.4).
 
 Backends (all return cosine similarities and indices, best first):
 
@@ -207,7 +207,7 @@ class KnnGraph:
 
 
 def knn_graph(sims: np.ndarray, idx: np.ndarray, gamma: float = 1.0, dtype: type = np.float64) -> KnnGraph:
-    """Build the normalised graph from self-free neighbour lists (reference §6.4).
+    """Build the normalised graph from self-free neighbour lists (docs/reference-code.md §6.4).
 
     Args:
         sims: (N, k) cosine similarities; idx: (N, k) int64 neighbour indices (-1 = missing).

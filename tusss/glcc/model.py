@@ -1,10 +1,10 @@
-"""`GLCC`: the global-local consistent classifier (paper §4.2, reference §6.3-6.6).
+"""`GLCC`: the global-local consistent classifier (paper §4.2, docs/reference-code.md §6.3-6.6).
 
-Construction (reference §6.6, ``order="lp_first"``, the authors' code):
+Construction (docs/reference-code.md §6.6, ``order="lp_first"``, the authors' code):
 
 - full: probe on Y (GT fractions); P* := Y (no transductive step); inductive LP over the training graph.
 - semi (1 round) and weak (2 rounds): P^c -> transductive LP (block CG) -> re-score the LP output image by
-  image (reference §5 "Transductive LP outputs"; rule per round, :meth:`GLCCConfig.lp_fg_for_round`): weak
+  image (docs/reference-code.md §5 "Transductive LP outputs"; rule per round, :meth:`GLCCConfig.lp_fg_for_round`): weak
   = L1, per-image min-max, bg^α over the image's classes (VOC round 1: a softmax-γ variant); semi = L1 and
   bg^α over all classes, no min-max, then the labelled rows overwritten by GT) = Y*
   -> probe on softmax(100·Y*) over the allowed classes -> [next round: P^c := the probe's re-scored
@@ -60,7 +60,7 @@ _FILES = ("train_embeddings.npy", "degree.npy", "pstar.npy", "probe_weight.npy")
 
 
 def default_combine(kind: str) -> CombineConfig:
-    """The reference's fixed test-set combination for each supervision (reference §6.5)."""
+    """The reference's fixed test-set combination for each supervision (docs/reference-code.md §6.5)."""
     if kind == "full":  # VOC FS: w 2.0, LP scores not L1'd, bg α₂ = 2, probe α₁ = 4, final α₃ = 1
         return CombineConfig(w=2.0, lp_l1=False, alpha_probe=4.0, alpha_lp=2.0, alpha_final=1.0)
     return CombineConfig(w=1.5, lp_l1=True)  # VOC WSSS (semi's w is grid-searched; 1.5 used)
@@ -68,7 +68,7 @@ def default_combine(kind: str) -> CombineConfig:
 
 @dataclass
 class GLCCConfig:
-    """GLCC hyper-parameters (reference defaults; the reference tunes several on GT, see reference §10.15).
+    """GLCC hyper-parameters (reference defaults; the reference tunes several on GT, see docs/reference-code.md §10.15).
 
     Attributes:
         k, alpha, gamma: graph neighbours, propagation magnitude, similarity exponent (50, 0.9, 1).
@@ -84,7 +84,7 @@ class GLCCConfig:
         lp_alpha_bg_rounds: per-round bg exponents of the LP re-scoring (None -> ``lp_alpha_bg`` every round).
         lp_fg_rounds: per-round fg transform of the LP re-scoring (:class:`FgMethod` or its dict; None -> the
             rule of the supervision kind: weak ``{softmax None, norm True, bypath False, L1 True}``; semi
-            ``{softmax None, norm False, L1 True}``, reference §5 "Transductive LP outputs"). The VOC WSSS
+            ``{softmax None, norm False, L1 True}``, docs/reference-code.md §5 "Transductive LP outputs"). The VOC WSSS
             round 1 of the reference uses a softmax variant (``{softmax γ, norm True, bypath False, L1}``).
         lp_candidates: candidate classes of the LP re-scoring: "image" (train mode: the image's classes) or
             "all" (val mode); None -> "all" for semi (``cls_eval_dt.ini.val = True``), "image" otherwise.
@@ -161,7 +161,7 @@ class GLCCConfig:
         return self.lp_alpha_bg_rounds[r]
 
     def lp_fg_for_round(self, r: int, kind: str) -> FgMethod:
-        """fg transform of the LP re-scoring of round ``r`` for supervision ``kind`` (reference §5)."""
+        """fg transform of the LP re-scoring of round ``r`` for supervision ``kind`` (docs/reference-code.md §5)."""
         if self.lp_fg_rounds is not None:
             if r >= len(self.lp_fg_rounds):
                 raise InputError(f"lp_fg_rounds has {len(self.lp_fg_rounds)} entries, round {r + 1} needs one")
@@ -226,7 +226,7 @@ class GLCC:
 
     def _rescore(self, table: np.ndarray, sup: Supervision, fg: FgMethod, alpha: float,
                  candidates: str = "image") -> np.ndarray:
-        """Re-score a (N, K) table image by image (reference §5) over the images' class sets
+        """Re-score a (N, K) table image by image (docs/reference-code.md §5) over the images' class sets
         (``candidates="image"``, train mode) or over all classes (``"all"``, val mode); rows of labelled
         masks are then overwritten by their GT fractions."""
         bg = BgMethod("alpha_bg", alpha=alpha) if sup.has_bg else BgMethod("no_bg")
@@ -317,7 +317,7 @@ class GLCC:
             self.history_.append({"step": f"lp k={k}", "seconds": time.perf_counter() - t0,
                                   "cg_iterations": int(info.iterations.max(initial=0)),
                                   "converged": bool(info.converged.all())})
-            # reference §5 "Transductive LP outputs": the rule depends on the supervision and the round
+            # docs/reference-code.md §5 "Transductive LP outputs": the rule depends on the supervision and the round
             return self._rescore(P, sup, cfg.lp_fg_for_round(r, kind), cfg.lp_alpha_for_round(r),
                                  cfg.lp_candidates_for(kind))
 

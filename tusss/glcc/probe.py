@@ -1,4 +1,4 @@
-"""Linear probe on mask embeddings (paper §4.2, reference §6.3).
+"""Linear probe on mask embeddings (paper §4.2, docs/reference-code.md §6.3).
 
 Cosine classifier ``logits = 100 · cos(e, U_k)`` without bias (U initialised like ``nn.Linear``, seeded),
 area-weighted soft cross-entropy ``sum_i w_i CE(logits_i, t_i)`` with ``w_i = area_i / (sum_batch area + 1e-3)``,
@@ -38,7 +38,7 @@ SAMPLERS = ("random", "semi_balance")
 
 @dataclass
 class ProbeConfig:
-    """Training settings (reference §6.3 defaults except ``iters``; see module docstring)."""
+    """Training settings (docs/reference-code.md §6.3 defaults except ``iters``; see module docstring)."""
 
     iters: int = 10_000
     warmup_iters: int | None = None  # None -> iters // 10

@@ -1,4 +1,4 @@
-"""Transductive label propagation, Eq. 1: solve ``(I - alpha S) P* = P^c`` (reference §6.4).
+"""Transductive label propagation, Eq. 1: solve ``(I - alpha S) P* = P^c`` (docs/reference-code.md §6.4).
 
 The reference solves one class at a time with ``scipy.sparse.linalg.cg`` (tol 1e-6, maxiter 200, x0 = 0),
 reading the sparse matrix K times per iteration. Here the K conjugate-gradient recurrences run together:

@@ -1,4 +1,4 @@
-"""PyTorch twin of the mask-biased dual-softmax attention (reference §2, DBA-CLIP's last block).
+"""PyTorch twin of the mask-biased dual-softmax attention (docs/reference-code.md §2, DBA-CLIP's last block).
 
 out = (softmax(s·q qᵀ + Bias) + softmax(s·k kᵀ + Bias)) · v           (mode="sum", the reference default)
 Bias_ij = 0 if patch tokens i, j share ≥ 1 mask, else ``bias_value``; the CLS (token 0) query row is always 0;
@@ -23,7 +23,7 @@ __all__ = ["build_attention_bias", "dual_attention_torch"]
 
 def build_attention_bias(token_masks: torch.Tensor, *, bias_value: float = -4.0, cls_visible: bool = True,
                          force_diagonal: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Materialised additive DBA bias (reference §2 ``get_mask2mask_att_bias``); also the bias input of the
+    """Materialised additive DBA bias (docs/reference-code.md §2 ``get_mask2mask_att_bias``); also the bias input of the
     exported ONNX graphs (tusss.export / tusss.engine, via ``tusss.clip.attention``).
 
     Args:
@@ -38,7 +38,8 @@ def build_attention_bias(token_masks: torch.Tensor, *, bias_value: float = -4.0,
     """
     b, _, n = token_masks.shape
     tm = token_masks.to(torch.float32)
-    shared = torch.bmm(tm.transpose(1, 2), tm) > 0.5  # C = Σ_m m̂m̂ᵀ > 0.5: share ≥ 1 mask (reference §2 step 2)
+    shared = torch.bmm(tm.transpose(1, 2), tm) > 0.5  # C = Σ_m m̂m̂ᵀ > 0.5: share >= 1 mask
+    # (docs/reference-code.md §2 step 2)
     if force_diagonal:
         shared |= torch.eye(n, dtype=torch.bool, device=shared.device)
     bias = torch.zeros(b, n + 1, n + 1, dtype=dtype, device=token_masks.device)

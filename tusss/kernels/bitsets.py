@@ -1,4 +1,4 @@
-"""Per-token mask-membership bitsets (reference §2 "Attention bias").
+"""Per-token mask-membership bitsets (docs/reference-code.md §2 "Attention bias").
 
 A token's bitset packs its membership in the M masks of one image/window into ceil(M/32) int32 words
 (bit ``m % 32`` of word ``m // 32`` is set when the token lies in mask m). Two tokens *share a mask*

@@ -51,7 +51,7 @@ def masked_dual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
                           bias_value: float = -4.0, cls_visible: bool = True, scale: float | None = None,
                           mode: str = "sum", force_diagonal: bool = False, backend: str | None = None,
                           attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """DBA-CLIP last-block attention, (softmax(s·qqᵀ+Bias) + softmax(s·kkᵀ+Bias))·v (reference §2).
+    """DBA-CLIP last-block attention, (softmax(s·qqᵀ+Bias) + softmax(s·kkᵀ+Bias))·v (docs/reference-code.md §2).
 
     Checks the inputs and calls the ``tusss::masked_dual_attention`` custom op (tusss/kernels/ops.py): the
     Triton kernel (bias rebuilt from bitsets) when selected, else the PyTorch twin; under ``torch.export`` one

@@ -11,7 +11,7 @@ One op serves every path (as segment-anything-fast registers its attention kerne
   :data:`EXPORT_DECOMPOSITIONS` before AOTInductor; torch's global decomposition table, which
   ``torch.onnx.export`` applies), which the ONNX exporter and Inductor translate like any other aten code.
 
-Schema (all arguments positional; reference §2)::
+Schema (all arguments positional; docs/reference-code.md §2)::
 
     masked_dual_attention(Tensor q, Tensor k, Tensor v, Tensor? bitsets, Tensor? attn_bias, float bias_value,
                           bool cls_visible, float scale, bool mean, bool force_diagonal, str backend) -> Tensor

@@ -1,4 +1,4 @@
-"""Adjoint bilinear mask pooling and its GSW composition (reference §2 "Mask pooling", §3 "GSW").
+"""Adjoint bilinear mask pooling and its GSW composition (docs/reference-code.md §2 "Mask pooling", §3 "GSW").
 
 Pooling the bilinearly upsampled token map over a mask (``up_emb_avg``),
     e_m = (1/|m|) Σ_p m_p [U f]_p,   U = Ry ⊗ Rx (separable bilinear upsampling),
@@ -34,7 +34,8 @@ __all__ = [
 
 
 def window_starts(size: int, window: int = 224, stride: int = 56) -> list[int]:
-    """Sliding-window starts along one axis (reference §3): k·stride, the last one shifted to end at the border."""
+    """Sliding-window starts along one axis (docs/reference-code.md §3): k·stride, the last one shifted to end at the
+    border."""
     if size < window:
         raise InputError(f"image side {size} is smaller than the window {window}")
     n = (size - window + stride - 1) // stride + 1
@@ -113,7 +114,7 @@ def gsw_pool_weights(masks: torch.Tensor, resized: tuple[int, int], *, window: i
                      patch: int = 16, global_weight: float = 0.5, ys: Sequence[int] | None = None,
                      xs: Sequence[int] | None = None, dtype: torch.dtype = torch.float32,
                      ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Pooling weights of the whole GSW feature (reference §3) for all masks, one square window size.
+    """Pooling weights of the whole GSW feature (docs/reference-code.md §3) for all masks, one square window size.
 
     Args:
         masks: (M, H0, W0) bool, original-resolution masks.
@@ -140,8 +141,8 @@ def layout_pool_weights(masks: torch.Tensor, resized: tuple[int, int],
                         dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """Pooling weights of a general GSW layout: a global pass plus any number of window groups.
 
-    F = g·global + (1-g)/G · Σ_groups canvas_group / count_group (reference §3; Cityscapes: G = 2 window sizes,
-    g = 0), bilinearly resized to the masks' resolution and averaged over each mask.
+    F = g·global + (1-g)/G · Σ_groups canvas_group / count_group (docs/reference-code.md §3; Cityscapes:
+    G = 2 window sizes, g = 0), bilinearly resized to the masks' resolution and averaged over each mask.
 
     Args:
         masks: (M, H0, W0) bool, original-resolution masks (every mask non-empty).

@@ -1,7 +1,7 @@
 """Device-resident automatic mask generation: the same masks as :class:`LevelMaskGenerator`, fewer host trips.
 
-:class:`FastLevelMaskGenerator` runs the six steps of :mod:`tusss.masks.generator` (reference §1) with every
-intermediate on the SAM network's device:
+:class:`FastLevelMaskGenerator` runs the six steps of :mod:`tusss.masks.generator` (docs/reference-code.md §1) with
+every intermediate on the SAM network's device:
 
 * all crops of an image go through the image encoder in one batched call (``SamBackend.encode`` on an
   ``(n_crops, 3, S, S)`` batch; ``encoder_batch`` caps it for memory);

@@ -1,6 +1,6 @@
 """`MaskGenConfig`: every knob of the SAM mask stage, with the presets ``"tuss"`` and ``"sam"``.
 
-The ``"tuss"`` preset is the official TUSS pattern ``l2_nmsf_s1_rsw3`` (reference §1): SAM ViT-H
+The ``"tuss"`` preset is the official TUSS pattern ``l2_nmsf_s1_rsw3`` (docs/reference-code.md §1): SAM ViT-H
 automatic mask generation with one crop layer, level-dependent threshold/NMS offsets that favour
 "whole" (level 2) masks, SAM's small-region clean-up and the rock-sand-water (RSW) filter.
 The ``"sam"`` preset is plain ``SamAutomaticMaskGenerator`` with its default arguments.
@@ -27,7 +27,8 @@ MEMORY_ONLY_FIELDS = ("points_per_batch", "rock_sand_water_chunk_size")
 
 @dataclass(frozen=True)
 class MaskGenConfig:
-    """Parameters of :class:`tusss.masks.MaskGenerator` (defaults = reference §1 pattern ``l2_nmsf_s1_rsw3``).
+    """Parameters of :class:`tusss.masks.MaskGenerator` (defaults = docs/reference-code.md §1 pattern
+    ``l2_nmsf_s1_rsw3``).
 
     The first eleven fields are ``SamAutomaticMaskGenerator``'s arguments of the same name. The per-level
     tuples are indexed by SAM's multimask output index ("level"): 0 sub-part, 1 part, 2 whole.
@@ -154,7 +155,7 @@ _SAM_DEFAULTS = dict(
 )
 
 PRESETS: dict[str, MaskGenConfig] = {
-    "tuss": MaskGenConfig(),  # reference §1, pattern l2_nmsf_s1_rsw3
+    "tuss": MaskGenConfig(),  # docs/reference-code.md §1, pattern l2_nmsf_s1_rsw3
     "sam": MaskGenConfig(**_SAM_DEFAULTS),
 }
 

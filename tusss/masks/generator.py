@@ -1,4 +1,5 @@
-"""`MaskGenerator`: SAM automatic mask generation with levels, level offsets and the RSW filter (reference §1).
+"""`MaskGenerator`: SAM automatic mask generation with levels, level offsets and the RSW filter
+(docs/reference-code.md §1).
 
 Built on segment_anything's ``SamAutomaticMaskGenerator``: its crop/grid/NMS/RLE utilities and its
 ``_generate_masks`` / ``postprocess_small_regions`` are reused unchanged; only the per-batch filtering and

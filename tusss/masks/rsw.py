@@ -1,4 +1,4 @@
-"""Rock-sand-water (RSW) filter: makes SAM's multi-level masks "minimal-overlapping" (reference §1)."""
+"""Rock-sand-water (RSW) filter: makes SAM's multi-level masks "minimal-overlapping" (docs/reference-code.md §1)."""
 
 from __future__ import annotations
 

@@ -174,6 +174,34 @@ class _Metrics:
         self.ready = Gauge("tusss_ready", "1 when models are loaded and warmed up", registry=self.registry)
 
 
+
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """The service's one error body: ``{"error": message}`` with ``status`` (and e.g. Retry-After headers)."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error of ``app`` answers :func:`error_response`: 422 for invalid requests (naming the fields),
+    the HTTP status of routing errors, 500 (logged) only for a bug — never for a client's input."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query"))
+            parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+        return error_response(422, "invalid request: " + "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:  # a bug, never the client's input
+        log.exception("internal error on %s", request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+
 def create_app(predictor: Any | Callable[[], Any], config: ServeConfig | None = None) -> Any:
     """The FastAPI app on a :class:`tusss.Predictor` (or a zero-argument factory of one, called in a background
     thread at startup so that /healthz answers while the models load; /readyz turns ready after warm-up)."""
@@ -215,25 +243,8 @@ def create_app(predictor: Any | Callable[[], Any], config: ServeConfig | None = 
     app.state.tusss = state
     app.state.metrics = metrics
 
-    def err(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for e in exc.errors():
-            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query"))
-            parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-        return err(422, "invalid request: " + "; ".join(parts))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return err(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:  # a bug, never the client's input
-        log.exception("internal error on %s", request.url.path)
-        return err(500, f"internal error: {type(exc).__name__}")
+    err = error_response
+    install_error_handlers(app)
 
     @app.middleware("http")
     async def _count(request: Request, call_next: Any) -> Any:
