@@ -42,6 +42,9 @@ def fitted_glcc(n: int, d: int, k_classes: int, backend: str, seed: int = 0):
     return g
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=325_000)
@@ -58,7 +61,8 @@ def main() -> int:
     from tusss.classify import GLCCClassifier
 
     rng = np.random.default_rng(1)
-    res = {"config": vars(a), "machine": {"python": platform.python_version(), "torch": torch.__version__,
+    config = {**vars(a), "out": os.path.relpath(a.out, REPO)}  # no machine path in results
+    res = {"config": config, "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                           "load_avg_at_start": os.getloadavg()}, "backends": {}}
     for be in a.backends.split(","):

@@ -143,6 +143,9 @@ def plot(res: dict, path: Path) -> bool:
     return True
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
@@ -162,7 +165,8 @@ def main() -> int:
         buf = io.BytesIO()
         Image.fromarray(im).save(buf, format="PNG")
         images.append(buf.getvalue())
-    res: dict = {"config": vars(a), "machine": {"cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
+    config = {**vars(a), "out": os.path.relpath(a.out, REPO)}  # no machine path in results
+    res: dict = {"config": config, "machine": {"cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
                  "modes": {}}
     conc = [int(c) for c in a.concurrency.split(",")]
     modes = {"batching on (max-batch 8, 10 ms)": ["--max-batch", "8", "--max-wait-ms", "10", "--max-queue", "256"],
