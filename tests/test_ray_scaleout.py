@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _tiny_datasets import make_voc
+from conftest import one_intra_op_thread
 
 from tusss.cli import main
 from tusss.data.datasets import get_dataset
@@ -57,16 +58,7 @@ def grid_masks(hw: tuple[int, int], empty_one: bool = False) -> MaskSet:
     return MaskSet(np.stack(ms), np.arange(M) % 3, np.ones(M), np.ones(M))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_intra_op_thread():
-    """Float reductions depend on torch's thread count: every run this module compares (the in-process
-    references, forked children, fresh subprocesses with OMP_NUM_THREADS=1, Ray actors at < 1 CPU) uses one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_intra_op_thread)
 
 
 @pytest.fixture(scope="module")
