@@ -9,6 +9,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
+from tusss.errors import InputError
 from tusss.glcc import propagation
 from tusss.glcc.knn import build_graph
 from tusss.glcc.propagation import permute_symmetric, propagate, rcm_permutation
@@ -135,7 +136,13 @@ def test_rcm_permutation_and_fast_permute():
     assert np.array_equal(np.sort(p), np.arange(S.shape[0]))
     T = permute_symmetric(S, p)
     np.testing.assert_array_equal(T.toarray(), S[p][:, p].toarray())
-    assert T.indices.dtype == np.int32
+    assert T.indices.dtype == np.int32 and T.dtype == S.dtype
+    for rows, workers in ((1, 1), (7, 3), (S.shape[0] - 1, 2)):  # block by block, threads; a partial last block
+        T32 = permute_symmetric(S, p, np.float32, rows_per_block=rows, workers=workers)
+        assert T32.dtype == np.float32
+        np.testing.assert_array_equal(T32.toarray(), S[p][:, p].toarray().astype(np.float32))
+    with pytest.raises(InputError, match="perm"):
+        permute_symmetric(S, p[:-1])
 
     def bandwidth(M):
         M = M.tocoo()

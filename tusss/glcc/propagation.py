@@ -147,7 +147,7 @@ def _warn_unconverged(warn: bool, conv: np.ndarray, res: np.ndarray, maxiter: in
 
 
 def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bool = True,
-                   row_chunk: int | None = None):
+                   row_chunk: int | None = None, overwrite_b: bool = False):
     """:func:`block_cg` on torch tensors (CPU or CUDA), with the block compacted as columns converge.
 
     Each iteration is one ``matvec`` on the (N, K_active) block of still-active search directions plus
@@ -163,6 +163,8 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
         tol: relative residual tolerance per column; maxiter: maximum iterations.
         row_chunk: the vector updates run over row blocks of this many rows, so that their temporaries stay
             in cache (default 8192 on the CPU, all rows on CUDA); the arithmetic is the same.
+        overwrite_b: B's storage may be used as the residual block (saves one (N, K) copy; B is
+            overwritten).
 
     Returns:
         X (N, K) tensor (B's dtype and device), :class:`CGInfo`.
@@ -179,7 +181,7 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
             acc += (U[a:b] * V[a:b]).sum(0)
         return acc
 
-    Xout = _zeros_like(B)
+    Xout = None  # made when the first columns leave the block (or for columns that never enter it)
     bnorm2 = coldot(B, B)
     bnorm2_h = bnorm2.double().cpu().numpy()
     thresh = (tol * tol) * bnorm2_h
@@ -189,7 +191,7 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
     calls = cols = 0
     if act.size:
         sel = None if act.size == K else _index(act, B.device)
-        R = B.clone() if sel is None else B.index_select(1, sel)
+        R = (B if overwrite_b else B.clone()) if sel is None else B.index_select(1, sel)
         P = R.clone()
         X = _zeros_like(R)
         rr = bnorm2.clone() if sel is None else bnorm2.index_select(0, sel)
@@ -199,20 +201,26 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
             cols += act.size
             a = rr / coldot(P, Q)
             rr_new = torch.zeros_like(rr)
-            for lo, hi in spans:  # x += a p, r -= a q, ||r||^2: one pass over each row block
-                X[lo:hi].addcmul_(P[lo:hi], a)
+            for lo, hi in spans:  # r -= a q and ||r||^2: one pass over each row block
                 Rb = R[lo:hi].addcmul_(Q[lo:hi], a, value=-1.0)
                 rr_new += (Rb * Rb).sum(0)
             beta = rr_new / rr
-            for lo, hi in spans:
-                P[lo:hi].mul_(beta).add_(R[lo:hi])
+            for lo, hi in spans:  # x += a p with the old p, then p = r + beta p: one pass
+                Pb = P[lo:hi]
+                X[lo:hi].addcmul_(Pb, a)
+                Pb.mul_(beta).add_(R[lo:hi])
             rr = rr_new
             iters[act] = it + 1
             rr_h = rr.double().cpu().numpy()
             rr_final[act] = rr_h
             done = rr_h <= thresh[act]
+            if done.all() and Xout is None and act.size == K:  # every column at once: X is the result
+                Xout, act = X, act[:0]
+                break
             if done.any():
                 d = _index(np.flatnonzero(done), B.device)
+                if Xout is None:
+                    Xout = _zeros_like(B)
                 Xout.index_copy_(1, _index(act[done], B.device), X.index_select(1, d))
                 keep = ~done
                 act = act[keep]
@@ -221,7 +229,14 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
                 k = _index(np.flatnonzero(keep), B.device)
                 X, R, P, rr = X.index_select(1, k), R.index_select(1, k), P.index_select(1, k), rr.index_select(0, k)
         if act.size:  # not converged within maxiter: return the last iterate
-            Xout.index_copy_(1, _index(act, B.device), X)
+            if Xout is None and act.size == K:
+                Xout = X
+            else:
+                if Xout is None:
+                    Xout = _zeros_like(B)
+                Xout.index_copy_(1, _index(act, B.device), X)
+    if Xout is None:  # every column was zero
+        Xout = _zeros_like(B)
     conv = rr_final <= thresh
     res = np.sqrt(rr_final) / np.where(bnorm2_h > 0, np.sqrt(bnorm2_h), 1.0)
     _warn_unconverged(warn, conv, res, maxiter, tol)
@@ -265,18 +280,58 @@ def rcm_permutation(S: sp.spmatrix, max_degree: int | None = 4) -> np.ndarray:
     return np.asarray(reverse_cuthill_mckee(S, symmetric_mode=True), dtype=np.int64)
 
 
-def permute_symmetric(S: sp.csr_matrix, perm: np.ndarray, dtype=None) -> sp.csr_matrix:
+def permute_symmetric(S: sp.csr_matrix, perm: np.ndarray, dtype=None, rows_per_block: int = 16384,
+                      workers: int | None = None) -> sp.csr_matrix:
     """``S[perm][:, perm]`` for a CSR matrix: SciPy's row gather, then one relabelling of the column indices
     (no column fancy indexing; rows keep their entries' order, so column indices need not be sorted).
-    ``dtype`` converts the values first (e.g. float32: half the bytes to move)."""
+
+    Args:
+        S: (N, N) sparse matrix; perm: (N,) permutation (row i of the result is row ``perm[i]`` of S).
+        dtype: value dtype of the result (e.g. np.float32: half the bytes to move); default S's.
+        rows_per_block: rows gathered per SciPy call.
+        workers: threads filling blocks at once (SciPy's gather and NumPy's copies release the GIL; default
+            torch's intra-op thread count, at most 4).
+
+    The result's two nnz-long arrays are allocated once and filled block by block, so the only large fresh
+    allocation is the result itself (no whole-matrix float32 copy or relabelled-index temporary). They are
+    torch allocations viewed as NumPy arrays: on a VM whose host reclaims freed memory, NumPy's huge-page
+    allocations were 3-8x slower to fill on first touch after a pause (measured 0.25-0.79 s for this step at
+    325k x 50 against 0.11 s block by block; 0.07 s with two threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
     S = sp.csr_matrix(S)
     n = S.shape[0]
     perm = np.asarray(perm, dtype=np.int64)
+    if perm.shape != (n,):
+        raise InputError(f"perm {perm.shape} must be ({n},)")
     it = np.int32 if n < 2**31 and S.nnz < 2**31 else np.int64
+    vt = np.dtype(dtype or S.dtype)
     inv = np.empty(n, it)
     inv[perm] = np.arange(n, dtype=it)
-    T = (S.astype(dtype, copy=False) if dtype is not None else S)[perm]
-    T.indices = inv[T.indices]
+    indptr = np.zeros(n + 1, it)
+    np.cumsum(np.diff(S.indptr)[perm], out=indptr[1:])
+    nnz = int(indptr[-1])
+    indices = torch.empty(nnz, dtype=torch.from_numpy(np.empty(0, it)).dtype).numpy()
+    data = torch.empty(nnz, dtype=torch.from_numpy(np.empty(0, vt)).dtype).numpy()
+
+    def fill(a: int) -> None:
+        b = min(n, a + rows_per_block)
+        lo, hi = int(indptr[a]), int(indptr[b])
+        block = S[perm[a:b]]  # SciPy's row gather (C++), a few MB
+        data[lo:hi] = block.data  # cast on the copy
+        indices[lo:hi] = inv[block.indices]
+
+    starts = range(0, n, max(1, int(rows_per_block)))
+    workers = max(1, min(4, int(workers or torch.get_num_threads()), len(starts)))
+    if workers == 1:
+        for a in starts:
+            fill(a)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fill, starts))  # list(): re-raises a block's error here
+    T = sp.csr_matrix((data, indices, indptr), shape=S.shape, copy=False)
     T.has_sorted_indices = False
     return T
 
@@ -310,10 +365,11 @@ def _torch_device(device):
 
 
 def propagate_torch(S, B, alpha: float = 0.9, *, tol: float = 1e-6, maxiter: int = 200, clip_negative: bool = True,
-                    warn: bool = True):
+                    warn: bool = True, overwrite_b: bool = False):
     """Eq. 1 on tensors already on the device: ``S`` (N, N) torch CSR (e.g. from
     :func:`tusss.glcc.knn.knn_graph_torch` or :func:`torch_csr`), ``B`` (N, K) dense tensor of S's dtype and
-    device. Returns P* (N, K) tensor and :class:`CGInfo` (no reordering, no host copies of the graph)."""
+    device (overwritten when ``overwrite_b``). Returns P* (N, K) tensor and :class:`CGInfo` (no reordering, no
+    host copies of the graph)."""
     import torch
 
     if not 0.0 <= alpha < 1.0:
@@ -331,7 +387,7 @@ def propagate_torch(S, B, alpha: float = 0.9, *, tol: float = 1e-6, maxiter: int
         return torch.addmm(V, S, V, alpha=-alpha, out=out)
 
     with torch.inference_mode():
-        X, info = block_cg_torch(tmatvec, B, tol=tol, maxiter=maxiter, warn=warn)
+        X, info = block_cg_torch(tmatvec, B, tol=tol, maxiter=maxiter, warn=warn, overwrite_b=overwrite_b)
         if clip_negative:
             X.clamp_(min=0.0)
     return X, info
@@ -350,6 +406,13 @@ class LPOperator:
     S: object
     perm: np.ndarray | None
     seconds: float = 0.0
+    _perm_index: object = None
+
+    def perm_index(self):
+        """``perm`` as an (N,) int64 tensor on the operator's device (made once)."""
+        if self._perm_index is None and self.perm is not None:
+            self._perm_index = _index(self.perm, self.device)
+        return self._perm_index
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -390,6 +453,32 @@ def prepare_operator(S: sp.spmatrix, *, device: str | None = None, dtype: type |
         perm = rcm_permutation(S)
         S = permute_symmetric(S, perm, dtype=np.float32 if tdtype == torch.float32 else np.float64)
     return LPOperator(torch_csr(S, dev, tdtype), perm, time.perf_counter() - t0)
+
+def _unit_columns(Pc: np.ndarray, op: LPOperator):
+    """(N, K) right-hand sides for the torch solve: rows in the operator's order, each column at unit norm
+    (CG is scale-invariant; float32 would underflow tiny columns). Returns B (N, K) tensor of the operator's
+    dtype and device, and the (K,) column norms (same dtype and device; 1 for zero columns).
+
+    The norms are taken in float64 and the division is done in float64 whenever a norm lies outside float32's
+    comfortable range; otherwise in place in the operator's dtype (no float64 copy of the block)."""
+    import torch
+
+    with torch.inference_mode():
+        P = torch.from_numpy(np.ascontiguousarray(Pc))
+        if not (P.dtype.is_floating_point and P.dtype in (torch.float32, torch.float64)):
+            P = P.to(torch.float64)
+        if op.perm is not None:
+            P = P.index_select(0, op.perm_index())
+        norm = torch.linalg.vector_norm(P, dim=0, dtype=torch.float64)
+        norm[~(norm > 0)] = 1.0
+        if P.dtype == op.dtype and bool(((norm > 1e-30) & (norm < 1e30)).all()):
+            owned = op.perm is not None or op.device.type != "cpu"  # else P still shares the caller's array
+            B = P.to(op.device) if owned else P.clone()
+            B.div_(norm.to(device=op.device, dtype=op.dtype))
+        else:
+            B = (P.to(torch.float64) / norm).to(device=op.device, dtype=op.dtype)
+        return B, norm.to(device=op.device, dtype=op.dtype)
+
 
 
 def propagate(
@@ -449,22 +538,17 @@ def propagate(
             op = graph.lp_operator(device=device, dtype=dtype, reorder=reorder)
         else:
             op = prepare_operator(S, device=device, dtype=dtype, reorder=reorder)
-        perm = op.perm
-        if perm is not None:
-            Pc = Pc[perm]
-        # each column solved at unit norm (CG is scale-invariant; float32 would underflow tiny columns)
-        scale = np.sqrt(np.square(Pc, dtype=np.float64).sum(0))
-        scale[~(scale > 0)] = 1.0
-        B = torch.from_numpy(np.ascontiguousarray(Pc / scale)).to(device=op.device, dtype=op.dtype)
+        B, scale = _unit_columns(Pc, op)
         t1 = time.perf_counter()
-        Xt, info = propagate_torch(op.S, B, alpha, tol=tol, maxiter=maxiter, clip_negative=clip_negative)
-        X = Xt.cpu().numpy().astype(np.float64) * scale
-        if perm is not None:
-            out = np.empty_like(X)
-            out[perm] = X
-            X = out
+        Xt, info = propagate_torch(op.S, B, alpha, tol=tol, maxiter=maxiter, clip_negative=clip_negative,
+                                   overwrite_b=True)
+        with torch.inference_mode():
+            Xt.mul_(scale)
+            if op.perm is not None:  # back to the caller's node order: row perm[i] of the result is row i
+                Xt = torch.empty_like(Xt).index_copy_(0, op.perm_index(), Xt)
+            X = Xt.cpu().numpy()
         info.seconds = {"prepare": t1 - t0, "solve": time.perf_counter() - t1}
-        return X.astype(np.float32, copy=False), info
+        return X, info
     if reorder not in ("auto", "rcm", None):
         raise InputError(f"reorder must be 'auto', 'rcm' or None, got {reorder!r}")
     xp, xsp, name = _modules(backend)
