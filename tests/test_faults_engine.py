@@ -21,7 +21,7 @@ from _engine_helpers import tiny_models
 from tusss.engine.build import build_engine
 from tusss.engine.manifest import read_manifest
 from tusss.engine.runtime import Engine
-from tusss.errors import CorruptFileError
+from tusss.errors import CorruptFileError, InputError
 
 pytestmark = pytest.mark.slow
 GRAPHS_BUILT = ["sam_encoder", "sam_decoder"]
@@ -75,14 +75,28 @@ def test_build_killed_after_0_and_1_graphs_then_rebuilt(ref_engine, tmp_path) ->
     ref = _content(ref_engine)
     for n in (0, 1):
         out = tmp_path / f"e{n}"
-        if n == 1:  # a previous complete engine is there: the killed rebuild must not pass for complete
-            shutil.copytree(ref_engine, out)
-        _killed_build(out, n)
-        with pytest.raises(CorruptFileError, match="manifest.json is missing"):
+        _killed_build(out, n)  # a first build killed: no engine appears, not even a partial one
+        assert not out.exists()
+        with pytest.raises(CorruptFileError, match="does not exist"):
             read_manifest(out)
-    _build(tmp_path / "e1")  # the rerun
+        shutil.copytree(ref_engine, out)  # a complete engine is there: a killed rebuild leaves it as it was
+        _killed_build(out, n)
+        assert _content(out) == ref
+        Engine.load(out)
+    assert any(q.name.startswith(".e1.") for q in tmp_path.iterdir())  # the killed build's hidden folder
+    _build(tmp_path / "e1")  # the rerun replaces it whole and sweeps the killed builds' temporary folders
     assert _content(tmp_path / "e1") == ref
+    assert not any(q.name.startswith(".e1.") for q in tmp_path.iterdir())
     Engine.load(tmp_path / "e1")
+
+
+def test_build_refuses_a_folder_that_is_not_an_engine(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "src").mkdir()
+    with pytest.raises(InputError, match=r"not an engine's \(notes.txt, src\)"):
+        _build(tmp_path)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["notes.txt", "src"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 CASES = [

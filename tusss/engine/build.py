@@ -19,11 +19,13 @@ plans; write ``manifest.json`` last (a directory without a manifest is an incomp
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
+import shutil
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from tusss.export.clip import GRAPH_CONFIG_FIELDS, ClipTextGraph, ClipWindowsGra
 from tusss.export.onnx_io import export_module, graph_files, graph_io, sha256_file, state_dict_hash
 from tusss.export.precision import quantize_int8, to_fp16
 from tusss.export.sam import SamDecoderGraph, SamEncoderGraph
-from tusss.persist import fault_point
+from tusss.persist import TMP_SUFFIX, atomic_directory, fault_point
 
 from .manifest import BACKENDS, GRAPHS, MANIFEST, PRECISIONS, GraphEntry, Manifest
 
@@ -253,13 +255,43 @@ def build_engine(
             raise InputError(f"unknown graph {g!r}; known graphs: {GRAPHS}")
         if g not in specs:
             raise InputError(f"graph {g!r} needs the {'SAM' if g.startswith('sam') else 'CLIP'} model, none given")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    old = out / MANIFEST
-    if old.exists():
-        old.unlink()  # a rebuild that fails half-way must not leave a manifest describing other files
-    fault_point("engine-build")
+    final_dir = Path(out_dir)
+    with engine_directory(final_dir) as out:
+        man, timings = _build_into(out, specs, wanted, sam, clip_model, clip_config, sam_info, clip_info,
+                                   precision, backend, say, optimize, device)
+    say(f"[build] wrote {final_dir / MANIFEST}")
+    return BuildResult(man, timings)
 
+
+_ENGINE_SUFFIXES = (".onnx", ".onnx.data", ".data", ".plan", ".pt2", ".cache", TMP_SUFFIX)
+
+
+@contextlib.contextmanager
+def engine_directory(out: Path) -> Iterator[Path]:
+    """A (re)build of the engine at ``out``: the files are written into a hidden sibling folder that replaces
+    ``out`` only once the manifest is written, so a build that fails, runs out of disk or is killed leaves
+    the previous engine (or nothing) in place, never a mixture. An existing ``out`` must be an engine folder
+    (only engine files in it): building into a folder that holds anything else is refused rather than
+    replacing it. A previous TensorRT timing cache is carried into the new build."""
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"engine output {out} exists and is not a directory")
+        foreign = sorted(q.name for q in out.iterdir()
+                         if not (q.is_file() and (q.name == MANIFEST or q.name.endswith(_ENGINE_SUFFIXES))))
+        if foreign:
+            raise InputError(f"engine output {out} holds files that are not an engine's ({', '.join(foreign[:5])}"
+                             f"{', ...' if len(foreign) > 5 else ''}); build into an empty folder or an engine folder")
+    with atomic_directory(out) as tmp:
+        if (out / "timing.cache").is_file():
+            shutil.copyfile(out / "timing.cache", tmp / "timing.cache")
+        yield tmp
+
+
+def _build_into(out: Path, specs: dict, wanted: list[str], sam, clip_model, clip_config, sam_info,
+                clip_info, precision: str, backend: str, say: Callable[[str], None], optimize: bool,
+                device: str) -> tuple[Manifest, dict[str, float]]:
+    """The body of :func:`build_engine`, writing into the temporary folder ``out``."""
+    fault_point("engine-build")
     timings: dict[str, float] = {}
     entries: dict[str, GraphEntry] = {}
     versions = _versions()
@@ -310,8 +342,7 @@ def build_engine(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     man.write(out)
-    say(f"[build] wrote {out / MANIFEST}")
-    return BuildResult(man, timings)
+    return man, timings
 
 
 def finish_graph(
@@ -376,19 +407,16 @@ def derive_engine(
     if src.precision != "fp32":
         raise InputError(f"derive_engine needs an fp32 source engine, {src_dir} is {src.precision}")
     src.verify_files(src_dir)
-    out = Path(out_dir)
-    if out.resolve() == Path(src_dir).resolve():
+    if Path(out_dir).resolve() == Path(src_dir).resolve():
         raise InputError("derive_engine: out_dir must differ from src_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / MANIFEST).exists():
-        (out / MANIFEST).unlink()
-    entries = {}
-    for name, g in src.graphs.items():
-        entry = GraphEntry(onnx=g.onnx, inputs={}, outputs={}, ranges=g.ranges, profiles=g.profiles)
-        entries[name] = finish_graph(out, name, Path(src_dir) / g.onnx, entry, precision, backend, say,
-                                     inputs=list(g.inputs), outputs=list(g.outputs))
-    man = Manifest(tusss_version=tusss.__version__, backend=backend, precision=precision, sam=src.sam,
-                   clip=src.clip, graphs=entries, versions=_versions(),
-                   created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    man.write(out)
+    with engine_directory(Path(out_dir)) as out:
+        entries = {}
+        for name, g in src.graphs.items():
+            entry = GraphEntry(onnx=g.onnx, inputs={}, outputs={}, ranges=g.ranges, profiles=g.profiles)
+            entries[name] = finish_graph(out, name, Path(src_dir) / g.onnx, entry, precision, backend, say,
+                                         inputs=list(g.inputs), outputs=list(g.outputs))
+        man = Manifest(tusss_version=tusss.__version__, backend=backend, precision=precision, sam=src.sam,
+                       clip=src.clip, graphs=entries, versions=_versions(),
+                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        man.write(out)
     return man
