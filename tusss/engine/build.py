@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-import shutil
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
