@@ -231,6 +231,33 @@ def test_failure_log(tmp_path: Path) -> None:
     assert FailureLog.read(tmp_path / FAILURES)[0]["id"] == "x"
 
 
+def test_failure_log_appends_and_ends_exact(tmp_path: Path, monkeypatch) -> None:
+    """F failures cost one atomic rewrite (the first) plus F - 1 appends, not F rewrites of the whole list; an
+    item failing twice is listed once, with its last reason, after close(); a torn last line is ignored."""
+    import tusss.persist as persist
+
+    (tmp_path / FAILURES).write_text('{"id": "old", "reason": "from the last run", "command": "embed"}\n')
+    rewrites = []
+    real = persist.atomic_write_text
+    monkeypatch.setattr(persist, "atomic_write_text", lambda *a, **kw: rewrites.append(a[0]) or real(*a, **kw))
+    log = FailureLog(tmp_path, "embed")
+    for i in range(200):
+        log.record(f"img{i}", f"reason {i}")
+    assert len(rewrites) == 1  # the previous run's list replaced once; the old code rewrote 200 times
+    got = FailureLog.read(tmp_path / FAILURES)
+    assert [r["id"] for r in got] == [f"img{i}" for i in range(200)] and got[7]["reason"] == "reason 7"
+    log.record("img3", "second reason")
+    log.close()
+    got = FailureLog.read(tmp_path / FAILURES)
+    assert len(got) == 200 and {r["id"]: r["reason"] for r in got}["img3"] == "second reason"
+    with open(tmp_path / FAILURES, "a") as f:  # a kill in the middle of an append
+        f.write('{"id": "img200", "rea')
+    assert len(FailureLog.read(tmp_path / FAILURES)) == 200
+    (tmp_path / FAILURES).write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(CorruptFileError, match="line 2 is not JSON"):
+        FailureLog.read(tmp_path / FAILURES)
+
+
 @pytest.mark.parametrize("n", [0, 2])
 def test_fault_point_kills_after_n_items(tmp_path: Path, n: int) -> None:
     code = ("import sys; from tusss.persist import fault_point\nfault_point()\n"

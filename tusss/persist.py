@@ -449,10 +449,13 @@ class ItemFailedError(TusssError):
 class FailureLog:
     """The bad items of one command run, recorded beside its output in ``failures.jsonl``.
 
-    One JSON object per line: ``{"id": str, "reason": str, "command": str}``. The file is rewritten
-    (atomically) at every record and at :meth:`close`, so it always lists exactly the failures of the current
-    run: a resumed run that retries an item and succeeds no longer lists it; an item that was skipped before
-    and still fails is listed again. A run without failures removes the file.
+    One JSON object per line: ``{"id": str, "reason": str, "command": str}``. The run's first failure
+    replaces the previous run's file (atomically); later ones are appended, one ``write`` and ``fsync`` each
+    (constant cost per failure, where rewriting the whole file at every record made a run with F failures
+    cost O(F²)); :meth:`close` rewrites the file atomically once if an item failed twice. So at every moment
+    it lists the failures of the current run: a resumed run that retries an item and succeeds no longer lists
+    it; an item that was skipped before and still fails is listed again. A run without failures removes the
+    file. A kill in the middle of an append can leave a torn last line, which :meth:`read` ignores.
 
     Args:
         out_dir: folder of the command's output (the file goes there).
@@ -465,12 +468,16 @@ class FailureLog:
         self.command = command
         self.fail_fast = fail_fast
         self.failures: dict[str, str] = {}
+        self._fh: IO[str] | None = None  # append handle after the run's first record
+        self._repeated = False  # an id recorded twice: the appended lines hold a stale reason
 
     def record(self, item_id: str, reason: BaseException | str) -> None:
         """Record that ``item_id`` was skipped because of ``reason`` (an exception or a message)."""
         msg = one_line(reason) if not isinstance(reason, BaseException) else one_line(reason) or type(reason).__name__
-        self.failures[str(item_id)] = msg
-        self._write()
+        item_id = str(item_id)
+        self._repeated |= item_id in self.failures
+        self.failures[item_id] = msg
+        self._append(self._line(item_id, msg))
         if self.fail_fast:
             raise ItemFailedError(f"{self.command}: item {item_id!r} failed ({msg}); stopped by --fail-fast "
                                   f"(failures recorded in {self.path})")
@@ -489,15 +496,36 @@ class FailureLog:
             self.record(item_id, e if isinstance(e, TusssError) else f"{type(e).__name__}: {one_line(e)}")
             return False, None
 
+    def _line(self, item_id: str, reason: str) -> str:
+        return json.dumps({"id": item_id, "reason": reason, "command": self.command}) + "\n"
+
+    def _append(self, line: str) -> None:
+        if self._fh is None:  # the run's first failure: the previous run's list goes, atomically
+            atomic_write_text(self.path, line)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open until close()
+            return
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as e:
+            if is_enospc(e):
+                raise DiskFullError(e.errno, f"no space left on the device while appending to {self.path} "
+                                    f"({e.strerror}): free some space and re-run the command",
+                                    os.fspath(self.path)) from e
+            raise
+
     def _write(self) -> None:
-        lines = "".join(json.dumps({"id": i, "reason": r, "command": self.command}) + "\n"
-                        for i, r in self.failures.items())
-        atomic_write_text(self.path, lines)
+        atomic_write_text(self.path, "".join(self._line(i, r) for i, r in self.failures.items()))
 
     def close(self) -> None:
         """Write the final record (or remove a stale one when nothing failed)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
         if self.failures:
-            self._write()
+            if self._repeated or not self.path.is_file():
+                self._write()
         elif self.path.is_file():
             self.path.unlink()
 
@@ -514,12 +542,16 @@ class FailureLog:
         p = Path(path)
         if not p.is_file():
             return []
+        text = p.read_text()
+        lines = text.splitlines()
         out = []
-        for n, ln in enumerate(p.read_text().splitlines(), 1):
+        for n, ln in enumerate(lines, 1):
             if ln.strip():
                 try:
                     out.append(json.loads(ln))
                 except ValueError as e:
+                    if n == len(lines) and not text.endswith("\n"):
+                        break  # a torn last append (the run was killed while writing it)
                     raise corrupt(p, f"line {n} is not JSON", "delete the file") from e
         return out
 

@@ -11,7 +11,8 @@ Backends (``propagate(backend=...)``):
 - ``"torch"`` (the default through ``"auto"``): float32 CSR tensor with int32 indices and
   ``torch.addmm`` (MKL on the CPU, cuSPARSE on CUDA), the block compacted whenever columns converge
   (:func:`block_cg_torch`), and on the CPU a reverse Cuthill-McKee reordering of the graph for locality of
-  the SpMM's gathers. The same code runs on CPU and CUDA tensors (``device=``). Float32 throughout; the
+  the SpMM's gathers (:func:`rcm_permutation`, then :func:`permute_symmetric`, block by block in threads).
+  The same code runs on CPU and CUDA tensors (``device=``). Float32 throughout; the
   result agrees with the float64 per-class solve to ~1e-6 of max |P*| (tests ask for 1e-4).
 - ``"numpy"``: float64 SciPy CSR and :func:`block_cg` (the exact reference arithmetic, kept as the oracle).
 - ``"cupy"``: :func:`block_cg` on CuPy / cupyx.scipy.sparse arrays (float64), imported lazily.
