@@ -39,9 +39,11 @@ from fastapi import FastAPI, File, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+import tusss
 from tusss.errors import InputError, TusssError
-from tusss.serve import app as _app
-from tusss.serve.app import ServeConfig, UploadError, decode_upload
+from tusss.serve.app import ServeConfig, UploadError, decode_upload, error_response, install_error_handlers
+from tusss.serve.encode import mask_rows, npy_bytes, png_bytes
+from tusss.serve.metrics import ServiceMetrics
 
 __all__ = ["TusssDeployment", "api", "app", "build_app", "deployment", "run", "segmentation_json",
            "DEPLOYMENT_KEYS"]
@@ -54,11 +56,11 @@ DEFAULTS = {"num_replicas": 1, "num_cpus": 1.0, "num_gpus": 0.0, "max_batch_size
             "max_upload_bytes": ServeConfig.max_upload_bytes, "max_pixels": ServeConfig.max_pixels,
             "health_check_period_s": 10.0, "max_ongoing_requests": 64}
 
-api = FastAPI(title="tusss segmentation service (Ray Serve)", version=_app._version())
+api = FastAPI(title="tusss segmentation service (Ray Serve)", version=tusss.__version__)
 
 
-_err = _app.error_response
-_app.install_error_handlers(api)
+_err = error_response
+install_error_handlers(api)
 
 
 def _parse_classes(classes: str | None) -> list[str] | None:
@@ -74,7 +76,7 @@ def segmentation_json(seg: Any) -> dict[str, Any]:
     """The ``/v1/segment`` JSON of one :class:`tusss.pipeline.Segmentation`, as ``tusss serve`` answers it."""
     h, w = seg.masks.image_hw
     return {"image": {"height": h, "width": w}, "class_names": list(seg.class_names),
-            "masks": _app._mask_rows(seg.masks, {"labels": seg.labels, "conf": seg.conf}, seg.class_names),
+            "masks": mask_rows(seg.masks, {"labels": seg.labels, "conf": seg.conf}, seg.class_names),
             "timings": {k: float(v) for k, v in (seg.timings or {}).items()}}
 
 
@@ -117,7 +119,7 @@ class TusssDeployment:
         if not callable(opts) and ray.get_gpu_ids() and "device" not in opts and "engine_dir" not in opts:
             opts["device"] = "cuda"
         self.ready = False
-        self.metrics = _app._Metrics()
+        self.metrics = ServiceMetrics()
         self.calls = {"batches": 0, "images": 0}
         self.predictor = _build_predictor(opts)
         self.predictor.warm_up()
@@ -215,7 +217,7 @@ class TusssDeployment:
             return res
         seg, t0 = res
         if format == "png":
-            resp: Response = Response(_app._png_bytes(seg.label_map), media_type="image/png",
+            resp: Response = Response(png_bytes(seg.label_map), media_type="image/png",
                                       headers={"X-Num-Masks": str(len(seg.labels))})
         else:
             resp = JSONResponse(segmentation_json(seg))
@@ -233,13 +235,13 @@ class TusssDeployment:
         (ms, emb), t0 = res
         e16 = np.ascontiguousarray(emb, dtype=np.float16)
         if format == "npy":
-            return self._count("/v1/embed", Response(_app._npy_bytes(e16), media_type="application/x-npy",
+            return self._count("/v1/embed", Response(npy_bytes(e16), media_type="application/x-npy",
                                                      headers={"X-Num-Masks": str(len(ms))}), t0)
         h, w = ms.image_hw
         return self._count("/v1/embed", JSONResponse({
-            "image": {"height": h, "width": w}, "masks": _app._mask_rows(ms),
+            "image": {"height": h, "width": w}, "masks": mask_rows(ms),
             "embeddings": {"dtype": "float16", "shape": list(e16.shape), "encoding": "npy+base64",
-                           "data": base64.b64encode(_app._npy_bytes(e16)).decode("ascii")}}), t0)
+                           "data": base64.b64encode(npy_bytes(e16)).decode("ascii")}}), t0)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -26,10 +26,13 @@ except ImportError as _e:  # pragma: no cover - exercised only without the extra
                       "prometheus_client, python-multipart, pycocotools)") from _e
 
 from .batcher import MicroBatcher, QueueFull
+from .encode import mask_rows, npy_bytes, png_bytes, rle_encode
+from .metrics import ServiceMetrics
 
 log = logging.getLogger("tusss.serve")
 
-__all__ = ["ServeConfig", "create_app", "decode_upload", "rle_encode", "UploadError"]
+__all__ = ["ServeConfig", "create_app", "decode_upload", "error_response", "install_error_handlers", "rle_encode",
+           "UploadError"]
 
 CONTENT_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG"}
 
@@ -105,76 +108,6 @@ def decode_upload(data: bytes, content_type: str | None, cfg: ServeConfig) -> np
     return np.ascontiguousarray(arr)
 
 
-def rle_encode(masks: np.ndarray) -> list[dict[str, Any]]:
-    """COCO RLE of (M, H, W) bool masks exactly as pycocotools writes it (``{"size": [H, W], "counts": str}``,
-    compressed counts string)."""
-    from pycocotools import mask as mask_utils
-
-    if len(masks) == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0)).astype(np.uint8)))
-    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
-
-
-def _png_bytes(label_map: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    if label_map.dtype == np.uint8:
-        Image.fromarray(label_map, mode="L").save(buf, format="PNG")
-    else:
-        Image.fromarray(label_map.astype(np.uint16)).save(buf, format="PNG")  # 16-bit grey for K > 255
-    return buf.getvalue()
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _mask_rows(ms: Any, extra: dict[str, np.ndarray] | None = None, class_names: Any = None) -> list[dict]:
-    """Per-mask JSON rows; ``bbox`` is COCO's XYWH of the mask (pycocotools ``toBbox``: w = x_max - x_min + 1)."""
-    from pycocotools import mask as mask_utils
-
-    rles = rle_encode(ms.masks)
-    boxes = mask_utils.toBbox([{"size": r["size"], "counts": r["counts"].encode()} for r in rles]) if rles else []
-    rows = []
-    for i in range(len(ms)):
-        d = {"id": i, "segmentation": rles[i], "bbox": [int(v) for v in boxes[i]], "area": int(ms.area[i]),
-             "level": int(ms.level[i]), "predicted_iou": float(ms.predicted_iou[i]),
-             "stability": float(ms.stability[i])}
-        if extra is not None:
-            lab = int(extra["labels"][i])
-            d.update(label=lab, **({"class": class_names[lab]} if class_names is not None else {}),
-                     score=float(extra["conf"][i]))
-        rows.append(d)
-    return rows
-
-
-class _Metrics:
-    """prometheus_client metrics in the app's own registry."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = CollectorRegistry()
-        lat = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-        self.requests = Counter("tusss_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("tusss_request_seconds", "end-to-end request latency", ["endpoint"], buckets=lat,
-                                 registry=self.registry)
-        self.stage = Histogram("tusss_stage_seconds", "model stage time per batch", ["stage"], buckets=lat,
-                               registry=self.registry)
-        self.queue_wait = Histogram("tusss_queue_wait_seconds", "time a request waited for its batch", buckets=lat,
-                                    registry=self.registry)
-        self.batch = Histogram("tusss_batch_size", "requests per heavy-stage batch",
-                               buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=self.registry)
-        self.queue = Gauge("tusss_queue_depth", "requests waiting for the model", registry=self.registry)
-        self.ready = Gauge("tusss_ready", "1 when models are loaded and warmed up", registry=self.registry)
-
-
-
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     """The service's one error body: ``{"error": message}`` with ``status`` (and e.g. Retry-After headers)."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -206,7 +139,7 @@ def create_app(predictor: Any | Callable[[], Any], config: ServeConfig | None = 
     """The FastAPI app on a :class:`tusss.Predictor` (or a zero-argument factory of one, called in a background
     thread at startup so that /healthz answers while the models load; /readyz turns ready after warm-up)."""
     cfg = config or ServeConfig()
-    metrics = _Metrics()
+    metrics = ServiceMetrics()
     state: dict[str, Any] = {"predictor": None, "batcher": None, "error": None, "ready": False}
 
     def on_batch(n: int, waits: list[float], results: list | None) -> None:
@@ -331,12 +264,12 @@ def create_app(predictor: Any | Callable[[], Any], config: ServeConfig | None = 
         if not hasattr(res, "label_map"):
             return res
         if format == "png":
-            return Response(_png_bytes(res.label_map), media_type="image/png",
+            return Response(png_bytes(res.label_map), media_type="image/png",
                             headers={"X-Num-Masks": str(len(res.labels))})
         ms = res.masks
         h, w = ms.image_hw
         return {"image": {"height": h, "width": w}, "class_names": list(res.class_names),
-                "masks": _mask_rows(ms, {"labels": res.labels, "conf": res.conf}, res.class_names),
+                "masks": mask_rows(ms, {"labels": res.labels, "conf": res.conf}, res.class_names),
                 "timings": {k: float(v) for k, v in res.timings.items()}}
 
     @app.post("/v1/embed")
@@ -349,11 +282,11 @@ def create_app(predictor: Any | Callable[[], Any], config: ServeConfig | None = 
         ms, emb = res
         e16 = np.ascontiguousarray(emb, dtype=np.float16)
         if format == "npy":
-            return Response(_npy_bytes(e16), media_type="application/x-npy", headers={"X-Num-Masks": str(len(ms))})
+            return Response(npy_bytes(e16), media_type="application/x-npy", headers={"X-Num-Masks": str(len(ms))})
         h, w = ms.image_hw
-        return {"image": {"height": h, "width": w}, "masks": _mask_rows(ms),
+        return {"image": {"height": h, "width": w}, "masks": mask_rows(ms),
                 "embeddings": {"dtype": "float16", "shape": list(e16.shape), "encoding": "npy+base64",
-                               "data": base64.b64encode(_npy_bytes(e16)).decode("ascii")}}
+                               "data": base64.b64encode(npy_bytes(e16)).decode("ascii")}}
 
     return app
 
