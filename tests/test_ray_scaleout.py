@@ -337,3 +337,44 @@ def test_rows_are_written_in_image_order_whatever_order_ray_yields():
     rng = np.random.default_rng(0)
     order = rng.permutation(50)
     assert [r["idx"] for r in _in_order(iter({"idx": int(i)} for i in order))] == list(range(50))
+
+
+RECIPE_SETS = ["clip.model=tusss-tiny", "clip.weights=random",
+               "clip.opts={target_size = 64, window_sizes = [32], stride_divisor = 1}", "probe.base_iters=20",
+               "probe.base_warmup=2", "probe.batch_size=16", "glcc.k_bar=3", "glcc.k=[3]",
+               "masks.sam=vit_tiny", "masks.checkpoint=random", "masks.preset=sam",
+               "masks.overrides={points_per_side = 3, crop_n_layers = 0, pred_iou_thresh = -10, "
+               "stability_score_thresh = -10, min_mask_region_area = 0, box_nms_thresh = 1.0}"]
+
+
+def test_run_recipe_on_ray_equals_single_process(cluster, tmp_path, capsys):
+    """`tusss run --ray`: the masks and embed stages run in SAM / DBA-CLIP actors (none in the driver) and write
+    the same mask cache and embedding stores as the single-process run, so fit / predict / eval agree."""
+    root = tmp_path / "VOC2012"
+    make_voc(root, {"train_aug": [f"2007_{i:06d}" for i in range(4)], "val": ["2008_000001", "2008_000002"]})
+    args = ["run", "--recipe", "voc-full", "--root", str(root), "--no-progress",
+            *[x for s in RECIPE_SETS for x in ("--set", s)]]
+    assert main([*args, "--work", str(tmp_path / "single"), "--out", str(tmp_path / "single.json")]) == 0
+    capsys.readouterr()
+    assert main([*args, "--work", str(tmp_path / "ray"), "--out", str(tmp_path / "ray.json"), "--ray", cluster,
+                 "--ray-actors", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "masks train (ray): 4 generated" in out and "masks eval (ray): 2 generated" in out, out
+    assert "embed train (ray): 4 image(s) embedded" in out and "embed eval (ray): 2 image(s) embedded" in out
+    pids = {int(p) for seg in out.split("actor pids [")[1:] for p in seg.split("]", 1)[0].split(",") if p.strip()}
+    assert pids and os.getpid() not in pids  # the models ran in actors, not here
+    single, on_ray = json.loads((tmp_path / "single.json").read_text()), json.loads((tmp_path / "ray.json").read_text())
+    assert on_ray["metrics"] == single["metrics"] and on_ray["stages"] == single["stages"]
+    for key in ("masks", "embed_train", "embed_eval"):
+        a, b = Path(single["paths"][key]), Path(on_ray["paths"][key])
+        assert a.name == b.name  # the same recipe key
+        if key == "masks":
+            ca, cb = open_mask_cache(a), open_mask_cache(b)
+            assert ca.config_hash == cb.config_hash and ca.ids() == cb.ids() and len(ca.ids()) == 6
+            for i in ca.ids():
+                ma, mb = ca.get(i), cb.get(i)
+                assert len(ma) > 0
+                for k, v in ma.to_dict().items():
+                    np.testing.assert_array_equal(v, mb.to_dict()[k])
+        else:
+            assert_same_store(a, b)

@@ -1,4 +1,5 @@
-"""``--ray [ADDRESS]`` for ``tusss masks``, ``tusss embed`` and ``tusss serve``: the same outputs on a Ray cluster.
+"""``--ray [ADDRESS]`` for ``tusss masks``, ``tusss embed`` and ``tusss serve`` (and ``tusss run``, whose recipe
+runner takes the same options, :mod:`tusss.cli.run`): the same outputs on a Ray cluster.
 
 This module adds no subcommand: its :func:`register` runs after the modules that define ``masks``, ``embed``
 and ``serve``, adds the Ray options to those parsers and routes a run with ``--ray`` to

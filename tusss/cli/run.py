@@ -8,9 +8,11 @@
     tusss tune --recipe voc-weak --root DATA --work DIR [--field combine.w ...]
 
 ``run`` computes masks -> embed -> fit -> predict -> eval, each stage resumable and skipped when its output is
-complete (a second run is a no-op), and prints mIoU and mask F1 beside the paper's figure. ``tune`` searches
-the recipe's ``[tune.grid]`` by the best mIoU on the evaluation split's ground truth, as the authors did:
-its output is labelled "tuned on ground truth".
+complete (a second run is a no-op), and prints mIoU and mask F1 beside the paper's figure. ``run --ray
+[ADDRESS]`` (and the ``--ray-*`` options of ``tusss masks --ray``) computes the masks and embed stages with SAM
+and DBA-CLIP actors on a Ray cluster, writing the same cache and stores; fit, predict and eval stay here.
+``tune`` searches the recipe's ``[tune.grid]`` by the best mIoU on the evaluation split's ground truth, as the
+authors did: its output is labelled "tuned on ground truth".
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import math
 
 from tusss.cli.common import add_common
+from tusss.cli.ray_options import add_ray_args
 
 __all__ = ["register"]
 
@@ -30,8 +33,14 @@ def _recipe(args: argparse.Namespace):
 
 
 def _runner_kw(args: argparse.Namespace) -> dict:
-    return {"device": args.device, "progress": not args.no_progress, "shard_size": args.shard_size,
-            "seed": args.seed, "limit": args.limit}
+    kw = {"device": args.device, "progress": not args.no_progress, "shard_size": args.shard_size,
+          "seed": args.seed, "limit": args.limit}
+    if getattr(args, "ray", None) is not None:  # `tusss run --ray`: masks and embed stages on the cluster
+        from tusss.cli.ray_options import _address, pool_from_args
+        from tusss.recipes.runner import RayOptions
+
+        kw["ray"] = RayOptions(address=_address(args), pool=pool_from_args(args), num_cpus=args.ray_num_cpus)
+    return kw
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -121,6 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "-> predict -> eval, resumable)")
     _recipe_args(p)
     add_common(p)
+    add_ray_args(p)
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("tune", help="search a recipe's grids by mIoU on ground truth (the authors' protocol)")

@@ -34,10 +34,28 @@ import numpy as np
 from tusss.errors import InputError
 from tusss.recipes.schema import Recipe
 
-__all__ = ["RecipeRunner", "RunResult", "glcc_config", "probe_schedule", "fg_method", "bg_method",
+__all__ = ["RecipeRunner", "RayOptions", "RunResult", "glcc_config", "probe_schedule", "fg_method", "bg_method",
            "weak_image_labels", "format_table", "tune", "TuneResult", "grid_size"]
 
 _TEXT_KEYS = ("source", "note", "layout", "title")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Run the masks and embed stages on a Ray cluster (``tusss run --ray``): SAM and DBA-CLIP actors built from
+    the recipe (:func:`tusss.distributed.ray_cache_masks`, :func:`tusss.distributed.ray_embed`), the same cache
+    files and store as the single-process stages; fit, predict and eval stay in the driver.
+
+    Attributes:
+        address: cluster address, or None for a local cluster on 127.0.0.1 (started on first use, stopped at
+            the end of the run).
+        pool: :class:`tusss.distributed.PoolConfig` (actors, CPUs / GPUs per actor); None: its defaults.
+        num_cpus: CPUs of a local cluster (None: all).
+    """
+
+    address: str | None = None
+    pool: Any = None
+    num_cpus: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------- recipe -> config
@@ -167,11 +185,13 @@ class RecipeRunner:
         seed: torch seed set before building CLIP (random weights are then reproducible across resumes).
         limit: use only the first ``limit`` images of each split (quick looks).
         log: where stage messages go (default print).
+        ray: run the masks and embed stages on Ray (:class:`RayOptions`); None: in this process.
     """
 
     def __init__(self, recipe: Recipe, root: str | os.PathLike, work: str | os.PathLike, *, device: str = "cpu",
                  progress: bool = False, mask_generator: Any = None, shard_size: int = 65536, seed: int = 0,
-                 limit: int | None = None, log: Callable[[str], None] | None = print) -> None:
+                 limit: int | None = None, log: Callable[[str], None] | None = print,
+                 ray: RayOptions | None = None) -> None:
         self.recipe = recipe
         self.root = Path(root)
         self.work = Path(work)
@@ -185,6 +205,12 @@ class RecipeRunner:
         self._clip = None
         self._datasets: dict[str, Any] = {}
         self.failures: dict[str, str] = {}  # "stage split id" -> reason, for items skipped by this run
+        self.ray = ray
+        if ray is not None and mask_generator is not None:
+            raise InputError("a Ray run builds SAM from the recipe in each actor: the mask_generator hook cannot be "
+                             "used with ray=")
+        self._ray_ready = False  # connected / started for this run
+        self._ray_owned = False  # this run started a local cluster (and stops it at the end)
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -250,30 +276,41 @@ class RecipeRunner:
         return p
 
     def clip(self):
-        if self._clip is None:
-            import torch
-
-            from tusss.clip.model import DBAClip
-            from tusss.weights import parse_weight_source
-
-            c = self.recipe["clip"]
-            torch.manual_seed(self.seed)
-            w = parse_weight_source(c["weights"], official="openai")
-            self._clip = DBAClip.from_pretrained(c["model"], weights=w, preset=c["preset"], device=self.device,
-                                                 **{k: tuple(v) if isinstance(v, list) else v
-                                                    for k, v in c["opts"].items()})
+        if self._clip is None:  # seeded, then built (ClipSpec.build): random weights are reproducible
+            self._clip = self.clip_spec().build(self.device)
         return self._clip
 
-    def generator(self):
-        if self._gen is None:
-            from tusss.masks.generator import MaskGenerator
-            from tusss.weights import parse_weight_source
+    def sam_spec(self):
+        """The recipe's mask generator as a :class:`tusss.distributed.SamSpec` (what :meth:`generator` builds)."""
+        from tusss.distributed.extract import SamSpec
+        from tusss.weights import parse_weight_source
 
-            m = self.recipe["masks"]
-            self._gen = MaskGenerator.from_pretrained(m["sam"], checkpoint=parse_weight_source(m["checkpoint"]),
-                                                      preset=m["preset"], device=self.device,
-                                                      **m["overrides"])
+        m = self.recipe["masks"]
+        return SamSpec(m["sam"], parse_weight_source(m["checkpoint"]), m["preset"], dict(m["overrides"]),
+                       seed=self.seed, device=self.device)
+
+    def clip_spec(self):
+        """The recipe's DBA-CLIP as a :class:`tusss.distributed.ClipSpec` (what :meth:`clip` builds)."""
+        from tusss.distributed.extract import ClipSpec
+        from tusss.weights import parse_weight_source
+
+        c = self.recipe["clip"]
+        return ClipSpec(c["model"], parse_weight_source(c["weights"], official="openai"), c["preset"],
+                        {k: tuple(v) if isinstance(v, list) else v for k, v in c["opts"].items()},
+                        seed=self.seed, device=self.device)
+
+    def generator(self):
+        if self._gen is None:  # seeded like the Ray actors (SamSpec.build): random weights are reproducible
+            self._gen = self.sam_spec().build(self.device)
         return self._gen
+
+    def _ray_session(self) -> None:
+        """Connect to / start the Ray cluster of :attr:`ray` once per run."""
+        if not self._ray_ready:
+            from tusss.distributed import init_ray
+
+            self._ray_owned = init_ray(self.ray.address, num_cpus=self.ray.num_cpus)
+            self._ray_ready = True
 
     def mask_cache(self):
         from tusss.masks.cache import open_mask_cache
@@ -291,6 +328,8 @@ class RecipeRunner:
             cache = MaskCache(root, man["config_hash"])
             if all(i in cache for _, i in need):
                 return "skipped"
+        if self.ray is not None:
+            return self._stage_masks_ray(root)
         gen = self.generator()
         cache = MaskCache.for_generator(root, gen)
         write_manifest(root, gen)
@@ -303,6 +342,23 @@ class RecipeRunner:
             self.failures.update({f"masks {w} {i}": msg for i, msg in res["failed"].items()})
             self.log(f"masks {w}: {len(res['generated'])} generated, {len(res['skipped'])} cached, "
                      f"{len(res['failed'])} failed")
+        return "done"
+
+    def _stage_masks_ray(self, root: Path) -> str:
+        from tusss.distributed import probe_generator, ray_cache_masks
+        from tusss.masks.cache import check_manifest, write_manifest
+
+        spec = self.sam_spec()
+        self._ray_session()
+        info = probe_generator(spec)
+        check_manifest(root, info, False)
+        for w in self.splits():
+            res = ray_cache_masks(spec, self.ids(w), self.dataset(w).image, root, pool=self.ray.pool,
+                                  progress=self.progress, info=info)
+            self.failures.update({f"masks {w} {i}": rec["error"] for i, rec in res["failed"].items()})
+            self.log(f"masks {w} (ray): {len(res['generated'])} generated, {len(res['skipped'])} cached, "
+                     f"{len(res['failed'])} failed, actor pids {sorted(res['workers'])}")
+        write_manifest(root, info)
         return "done"
 
     def stage_embed(self, which: str) -> str:
@@ -320,7 +376,15 @@ class RecipeRunner:
         if not ids:
             raise InputError(f"{ds.name} split {ds.split!r} has no images")
         cache = self.mask_cache()
-        clip = self.clip()
+        if self.ray is not None:
+            from tusss.distributed import probe_clip
+
+            spec = self.clip_spec()
+            self._ray_session()
+            clip, identity = None, probe_clip(spec)
+        else:
+            clip = self.clip()
+            identity = clip.identity()
         has_gt = ds.label(ids[0]) is not None
         ids_file = self.recipe["dataset"]["train_ids" if which == "train" else "eval_ids"]
         meta = {"dataset": ds.name, "split": ds.split, "root": str(self.root.resolve()),
@@ -329,7 +393,17 @@ class RecipeRunner:
                 "weights": self.recipe["clip"]["weights"], "clip_preset": self.recipe["clip"]["preset"],
                 "clip_opt": [f"{k}={json.dumps(v)}" for k, v in sorted(self.recipe["clip"]["opts"].items())],
                 "mask_config_hash": cache.config_hash, "class_names": list(ds.class_names),
-                "has_background": bool(ds.has_background), "embedder": clip.identity()}
+                "has_background": bool(ds.has_background), "embedder": identity}
+        if self.ray is not None:
+            from tusss.distributed import ray_embed
+
+            res = ray_embed(ds, cache.root, cache.config_hash, root, spec, ids=ids,
+                            dtype=self.recipe["clip"]["dtype"], shard_size=self.shard_size, with_gt=has_gt,
+                            meta=_strip(meta), pool=self.ray.pool, progress=self.progress)
+            self.failures.update({f"embed {which} {i}": rec["error"] for i, rec in res["failed"].items()})
+            self.log(f"embed {which} (ray): {len(res['embedded'])} image(s) embedded, {len(res['skipped'])} "
+                     f"already stored, {len(res['failed'])} failed, actor pids {sorted(res['workers'])}")
+            return "done"
         w = StoreWriter(root, clip.model.visual.output_dim, dtype=self.recipe["clip"]["dtype"],
                         num_classes=ds.num_classes if has_gt else None, shard_size=self.shard_size,
                         meta=_strip(meta))
@@ -523,9 +597,16 @@ class RecipeRunner:
     def run(self) -> RunResult:
         """Run every stage that is not complete yet; returns what was done and the metrics."""
         res = RunResult(self.recipe.name)
-        res.stages["masks"] = self.stage_masks()
-        for w in self.splits():
-            res.stages[f"embed_{w}"] = self.stage_embed(w)
+        try:
+            res.stages["masks"] = self.stage_masks()
+            for w in self.splits():
+                res.stages[f"embed_{w}"] = self.stage_embed(w)
+        finally:
+            if self._ray_owned:  # a cluster this run started
+                from tusss.distributed import require_ray
+
+                require_ray().shutdown()
+            self._ray_ready = self._ray_owned = False
         if self.recipe.kind != "ov":
             res.stages["fit"] = self.stage_fit()
         res.stages["predict"] = self.stage_predict()
