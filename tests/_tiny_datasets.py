@@ -190,3 +190,21 @@ def make_image_folder(
         _save_png(root / f"img{k}.png", img)
         out[f"img{k}"] = img
     return out
+
+
+def grid_masks(hw: tuple[int, int], empty_one: bool = False):
+    """Hand-made masks for an image of size ``hw``: its 5 x 7 pixel blocks (levels 0, 1, 2 in turn), plus one
+    empty mask at the end when ``empty_one`` (stores drop it)."""
+    from tusss.masks.maskset import MaskSet
+
+    h, w = hw
+    ms = []
+    for y in range(0, h, 5):
+        for x in range(0, w, 7):
+            m = np.zeros(hw, bool)
+            m[y:y + 5, x:x + 7] = True
+            ms.append(m)
+    if empty_one:
+        ms.append(np.zeros(hw, bool))
+    M = len(ms)
+    return MaskSet(np.stack(ms), np.arange(M) % 3, np.ones(M), np.ones(M))

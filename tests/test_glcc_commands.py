@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _tiny_datasets import make_voc
+from _tiny_datasets import grid_masks, make_voc
 from segment_anything.utils.amg import batched_mask_to_box, box_xyxy_to_xywh
 
 from tusss.cli import main
@@ -19,7 +19,6 @@ from tusss.glcc.model import GLCC
 from tusss.io import read_label
 from tusss.labels import vote_fractions
 from tusss.masks.cache import MaskCache
-from tusss.masks.maskset import MaskSet
 
 CLIP_OPTS = ["target_size=64", "window_sizes=[32]", "stride_divisor=1"]
 
@@ -29,20 +28,6 @@ def clip_args():
     for o in CLIP_OPTS:
         out += ["--clip-opt", o]
     return out
-
-
-def grid_masks(hw, empty_one=False):
-    h, w = hw
-    ms = []
-    for y in range(0, h, 5):
-        for x in range(0, w, 7):
-            m = np.zeros(hw, bool)
-            m[y:y + 5, x:x + 7] = True
-            ms.append(m)
-    if empty_one:
-        ms.append(np.zeros(hw, bool))
-    M = len(ms)
-    return MaskSet(np.stack(ms), np.arange(M) % 3, np.ones(M), np.ones(M))
 
 
 @pytest.fixture(scope="module")

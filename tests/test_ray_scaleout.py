@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _tiny_datasets import make_voc
+from _tiny_datasets import grid_masks, make_voc
 from conftest import one_intra_op_thread
 
 from tusss.cli import main
 from tusss.data.datasets import get_dataset
 from tusss.data.store import EmbeddingStore
 from tusss.masks.cache import MaskCache, open_mask_cache
-from tusss.masks.maskset import MaskSet
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only; read when Ray is imported
 ray = pytest.importorskip("ray")
@@ -42,20 +41,6 @@ for _o in ("points_per_side=3", "crop_n_layers=0", "pred_iou_thresh=-10", "stabi
 TRAIN = [f"2007_{i:06d}" for i in range(5)]
 VAL = [f"2008_{i:06d}" for i in range(10)]
 CORRUPT = TRAIN[2]
-
-
-def grid_masks(hw: tuple[int, int], empty_one: bool = False) -> MaskSet:
-    h, w = hw
-    ms = []
-    for y in range(0, h, 5):
-        for x in range(0, w, 7):
-            m = np.zeros(hw, bool)
-            m[y:y + 5, x:x + 7] = True
-            ms.append(m)
-    if empty_one:
-        ms.append(np.zeros(hw, bool))
-    M = len(ms)
-    return MaskSet(np.stack(ms), np.arange(M) % 3, np.ones(M), np.ones(M))
 
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_intra_op_thread)

@@ -30,7 +30,7 @@ import numpy as np
 from tusss.cli.common import add_clip_args, add_common, build_clip, progress
 from tusss.cli.faults import add_fault_args
 from tusss.errors import InputError
-from tusss.persist import FailureLog, ItemFailedError, atomic_write_text, fault_point, remove_stale_temps
+from tusss.persist import FailureLog, atomic_write_text, fault_point, remove_stale_temps
 from tusss.weights import WEIGHT_SOURCE_HELP
 
 __all__ = ["register"]
@@ -60,7 +60,8 @@ def embed_inputs(args: argparse.Namespace) -> tuple[Any, list[str], Any, bool]:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from tusss.data.store import StoreWriter, gt_class_fractions
+    from tusss.data.embed import embed_into_store
+    from tusss.data.store import StoreWriter
 
     ds, ids, cache, has_gt = embed_inputs(args)
     clip = build_clip(args.clip, args.weights, args.clip_preset, args.device, args.clip_opt, args.seed)
@@ -71,33 +72,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     remove_stale_temps(args.out)  # hidden leftovers of a killed run
     log = FailureLog(args.out, "embed", fail_fast=args.fail_fast)
     done = w.done()
-
-    def embed_one(i: str) -> None:
-        ms = cache.get(i)  # a damaged cache file raises CorruptFileError naming it: a bad item
-        if ms is None:
-            raise InputError(f"mask cache {args.mask_cache} has no masks for {i!r}: run `tusss masks` first")
-        keep = np.flatnonzero(ms.masks.reshape(len(ms), -1).any(1)) if len(ms) else np.zeros(0, np.int64)
-        ms = ms.subset(keep)
-        image = ds.image(i)
-        emb = clip.embed_masks(image, ms.masks) if len(ms) else np.zeros((0, w.dim), np.float32)
-        gt = gt_class_fractions(ms.masks, ds.label(i), ds.num_classes) if has_gt else None
-        w.add(i, emb, area=ms.area, level=ms.level, gt_fractions=gt, mask_index=keep)
-
-    n_new = 0
-    fault_point("embed")  # test hook (TUSSS_FAULT_KILL_AFTER)
-    try:
-        for i in progress(ids, len(ids), "embed", not args.no_progress):
-            if i in done:
-                continue
-            ok, _ = log.attempt(i, embed_one, i)
-            if not ok:
-                print(f"embed: skipped {i}: {log.failures[i]}", file=sys.stderr)
-                continue
-            n_new += 1
-            fault_point("embed")
-    except ItemFailedError:
-        w.flush()  # --fail-fast: keep the images done before the bad one (the store stays incomplete)
-        raise
+    n_new = embed_into_store(clip, ds, ids, cache, w, log, with_gt=has_gt,
+                             iterate=lambda it: progress(it, len(ids), "embed", not args.no_progress),
+                             on_failure=lambda i, why: print(f"embed: skipped {i}: {why}", file=sys.stderr),
+                             checkpoint=lambda: fault_point("embed"))  # test hook (TUSSS_FAULT_KILL_AFTER)
     w.close()
     log.close()
     print(f"embed: {n_new} image(s) embedded, {len(done)} already stored"

@@ -458,6 +458,7 @@ def ray_cache_masks(
 
 # ---------------------------------------------------------------------------------------------- embed
 def _embed_read(row: dict[str, Any], dataset: Any, root: str, config_hash: str, with_gt: bool) -> dict[str, Any]:
+    from tusss.data.embed import storable_masks
     from tusss.data.store import gt_class_fractions
     from tusss.masks.cache import MaskCache
 
@@ -467,8 +468,7 @@ def _embed_read(row: dict[str, Any], dataset: Any, root: str, config_hash: str, 
         ms = MaskCache(root, config_hash).get(iid)
         if ms is None:
             raise InputError(f"mask cache {root} has no masks for {iid!r}: run `tusss masks` first")
-        keep = np.flatnonzero(ms.masks.reshape(len(ms), -1).any(1)) if len(ms) else np.zeros(0, np.int64)
-        ms = ms.subset(keep)
+        ms, keep = storable_masks(ms)
         stage = "read"
         image = dataset.image(iid)
         gt = None
@@ -492,13 +492,14 @@ class _ClipActor:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["error"] or row["status"] != "ok":
             return row
+        from tusss.data.embed import embed_or_empty
         from tusss.masks.maskset import MaskSet
 
         try:
             p = pickle.loads(row["payload"])
             ms = MaskSet.from_dict(p["masks"])
-            emb = self.clip.embed_masks(p["image"], ms.masks) if len(ms) else np.zeros((0, self.dim), np.float32)
-            res = {"emb": np.asarray(emb), "area": ms.area, "level": ms.level, "keep": p["keep"], "gt": p["gt"]}
+            emb = embed_or_empty(self.clip, p["image"], ms.masks, self.dim)
+            res = {"emb": emb, "area": ms.area, "level": ms.level, "keep": p["keep"], "gt": p["gt"]}
         except Exception as e:
             return _row(row, error=_reason(e), stage="embed")
         return _row(row, payload=pickle.dumps(res, protocol=_PICKLE), worker=os.getpid())

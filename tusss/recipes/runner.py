@@ -362,7 +362,7 @@ class RecipeRunner:
         return "done"
 
     def stage_embed(self, which: str) -> str:
-        from tusss.data.store import EmbeddingStore, StoreWriter, gt_class_fractions
+        from tusss.data.store import EmbeddingStore, StoreWriter
 
         root = self.paths()[f"embed_{which}"]
         ids = self.ids(which)
@@ -408,29 +408,13 @@ class RecipeRunner:
                         num_classes=ds.num_classes if has_gt else None, shard_size=self.shard_size,
                         meta=_strip(meta))
         done = w.done()
+        from tusss.data.embed import embed_into_store
         from tusss.persist import FailureLog
 
         flog = FailureLog(root, "embed")
-
-        def embed_one(i: str) -> None:
-            ms = cache.get(i)
-            if ms is None:
-                raise InputError(f"mask cache {cache.root} has no masks for {i!r}")
-            keep = np.flatnonzero(ms.masks.reshape(len(ms), -1).any(1)) if len(ms) else np.zeros(0, np.int64)
-            ms = ms.subset(keep)
-            emb = clip.embed_masks(ds.image(i), ms.masks) if len(ms) else np.zeros((0, w.dim), np.float32)
-            gt = gt_class_fractions(ms.masks, ds.label(i), ds.num_classes) if has_gt else None
-            w.add(i, emb, area=ms.area, level=ms.level, gt_fractions=gt, mask_index=keep)
-
-        n = 0
-        for i in ids:
-            if i in done:
-                continue
-            ok, _ = flog.attempt(i, embed_one, i)  # a bad image is recorded and skipped, the others go on
-            if ok:
-                n += 1
-            else:
-                self.failures[f"embed {which} {i}"] = flog.failures[i]
+        # a bad image is recorded and skipped, the others go on
+        n = embed_into_store(clip, ds, ids, cache, w, flog, with_gt=has_gt,
+                             on_failure=lambda i, why: self.failures.__setitem__(f"embed {which} {i}", why))
         w.close()
         flog.close()
         self.log(f"embed {which}: {n} image(s) embedded, {len(done)} already stored{flog.summary()}")
