@@ -145,3 +145,24 @@ def test_semi_balance_sampler_trains_on_the_two_stream_batches():
         train_probe(X, T, A, cfg, device="cpu")
     with pytest.raises(InputError, match="sampler"):
         ProbeConfig(sampler="two-stream")
+
+
+def test_normalized_rows_are_used_in_place(monkeypatch):
+    """normalized=True: no normalised (N, D) copy of the features (counted), the same probe up to float32
+    rounding as normalising again, and rows that are not unit-norm are refused."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 16)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    T = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 300)]
+    cfg = ProbeConfig(iters=30, batch_size=32)
+    real = torch.nn.functional.normalize
+    full = []
+    monkeypatch.setattr(torch.nn.functional, "normalize",
+                        lambda t, *a, **k: (full.append(1) if t.shape[0] == 300 else None) or real(t, *a, **k))
+    p_copy = train_probe(X, T, None, cfg, device="cpu")
+    assert len(full) == 1
+    p_in_place = train_probe(X, T, None, cfg, device="cpu", normalized=True)
+    assert len(full) == 1  # no second (N, D) normalisation
+    np.testing.assert_allclose(p_in_place.weight.numpy(), p_copy.weight.numpy(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(InputError, match="unit-norm"):
+        train_probe(2 * X, T, None, cfg, device="cpu", normalized=True)

@@ -324,7 +324,7 @@ class GLCC:
         def probe(Y: np.ndarray, r: int) -> LinearProbe:
             t0 = time.perf_counter()
             pcfg = cfg.probe_for_round(r)
-            p = train_probe(X, Y, areas, pcfg, progress=progress, labeled=sup.labeled)
+            p = train_probe(X, Y, areas, pcfg, progress=progress, labeled=sup.labeled, normalized=True)  # X: unit rows
             self.history_.append({"step": "probe", "seconds": time.perf_counter() - t0, "iters": pcfg.iters,
                                   "warmup_iters": pcfg.warmup_iters, "sampler": pcfg.sampler})
             return p
