@@ -282,3 +282,19 @@ def test_semi_recipes_build_the_authors_supervision(voc_root, tmp_path, monkeypa
         rows = meta.image_id == i
         np.testing.assert_allclose(sup2.zero_shot_scores[rows], seg.score(logits[rows])[0], rtol=1e-5, atol=1e-7)
     assert gen.calls == 8  # the masks were made once
+
+
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_ray_options_reach_the_runner(command):
+    """`tusss run|tune --ray ADDRESS --ray-actors N` -> RecipeRunner(ray=RayOptions(...)); without --ray: none."""
+    from tusss.cli import build_parser
+    from tusss.cli.run import _runner_kw
+    from tusss.distributed import PoolConfig
+    from tusss.recipes.runner import RayOptions
+
+    base = [command, "--recipe", "voc-weak", "--root", "R", "--work", "W"]
+    kw = _runner_kw(build_parser().parse_args([*base, "--ray", "10.0.0.1:6379", "--ray-actors", "3"]))
+    assert kw["ray"] == RayOptions(address="10.0.0.1:6379", pool=PoolConfig(actors=3), num_cpus=None)
+    kw = _runner_kw(build_parser().parse_args([*base, "--ray", "--ray-num-cpus", "2"]))
+    assert kw["ray"].address is None and kw["ray"].num_cpus == 2
+    assert "ray" not in _runner_kw(build_parser().parse_args(base))

@@ -9,8 +9,9 @@
 
 ``run`` computes masks -> embed -> fit -> predict -> eval, each stage resumable and skipped when its output is
 complete (a second run is a no-op), and prints mIoU and mask F1 beside the paper's figure. ``run --ray
-[ADDRESS]`` (and the ``--ray-*`` options of ``tusss masks --ray``) computes the masks and embed stages with SAM
-and DBA-CLIP actors on a Ray cluster, writing the same cache and stores; fit, predict and eval stay here.
+[ADDRESS]`` (and the ``--ray-*`` options of ``tusss masks --ray``; ``tune`` takes them too) computes the masks
+and embed stages with SAM and DBA-CLIP actors on a Ray cluster, writing the same cache and stores; fit,
+predict and eval stay here.
 ``tune`` searches the recipe's ``[tune.grid]`` by the best mIoU on the evaluation split's ground truth, as the
 authors did: its output is labelled "tuned on ground truth".
 """
@@ -137,6 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _recipe_args(p)
     p.add_argument("--field", action="append", help="tune only this grid (repeatable; default: all, in order)")
     add_common(p)
+    add_ray_args(p)  # masks / embed of trials that change them run on the cluster
     p.set_defaults(func=cmd_tune)
 
     p = subparsers.add_parser("recipes", help="list the shipped recipes, or show one")
