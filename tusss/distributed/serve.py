@@ -41,7 +41,14 @@ from ray import serve
 
 import tusss
 from tusss.errors import InputError, TusssError
-from tusss.serve.app import ServeConfig, UploadError, decode_upload, error_response, install_error_handlers
+from tusss.serve.app import (
+    ServeConfig,
+    UploadError,
+    decode_upload,
+    error_response,
+    install_error_handlers,
+    parse_classes,
+)
 from tusss.serve.encode import mask_rows, npy_bytes, png_bytes
 from tusss.serve.metrics import ServiceMetrics
 
@@ -61,15 +68,6 @@ api = FastAPI(title="tusss segmentation service (Ray Serve)", version=tusss.__ve
 
 _err = error_response
 install_error_handlers(api)
-
-
-def _parse_classes(classes: str | None) -> list[str] | None:
-    if classes is None:
-        return None
-    names = [c.strip() for c in classes.split(",")]
-    if not all(names):
-        raise UploadError(400, f"classes must be comma-separated non-empty names, got {classes!r}")
-    return names
 
 
 def segmentation_json(seg: Any) -> dict[str, Any]:
@@ -207,7 +205,7 @@ class TusssDeployment:
         if format not in ("json", "png"):
             return self._count("/v1/segment", _err(400, f"format must be 'json' or 'png', got {format!r}"), t0)
         try:
-            names = _parse_classes(classes)
+            names = parse_classes(classes)
             if names is not None:
                 self.predictor.classifier_for(names)  # unknown / bad list -> 400 before batching
         except (UploadError, InputError) as e:

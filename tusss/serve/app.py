@@ -31,8 +31,8 @@ from .metrics import ServiceMetrics
 
 log = logging.getLogger("tusss.serve")
 
-__all__ = ["ServeConfig", "create_app", "decode_upload", "error_response", "install_error_handlers", "rle_encode",
-           "UploadError"]
+__all__ = ["ServeConfig", "create_app", "decode_upload", "error_response", "install_error_handlers", "parse_classes",
+           "rle_encode", "UploadError"]
 
 CONTENT_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG"}
 
@@ -66,6 +66,17 @@ class UploadError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def parse_classes(classes: str | None) -> list[str] | None:
+    """The ``?classes=a,b,c`` query of ``/v1/segment``: the class names, or None when absent (400 when a name
+    is empty)."""
+    if classes is None:
+        return None
+    names = [c.strip() for c in classes.split(",")]
+    if not all(names):
+        raise UploadError(400, f"classes must be comma-separated non-empty names, got {classes!r}")
+    return names
 
 
 def decode_upload(data: bytes, content_type: str | None, cfg: ServeConfig) -> np.ndarray:
@@ -240,14 +251,6 @@ def create_app(predictor: Any | Callable[[], Any], config: ServeConfig | None = 
             return await asyncio.wrap_future(fut)
         except TusssError as e:
             return err(400, str(e))
-
-    def parse_classes(classes: str | None) -> Any:
-        if classes is None:
-            return None
-        names = [c.strip() for c in classes.split(",")]
-        if not all(names):
-            raise UploadError(400, f"classes must be comma-separated non-empty names, got {classes!r}")
-        return names
 
     @app.post("/v1/segment")
     async def segment(image: Annotated[UploadFile, File()], format: Annotated[str, Query()] = "json",  # noqa: A002
