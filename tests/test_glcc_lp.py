@@ -261,3 +261,18 @@ def test_tiny_and_huge_columns_keep_their_accuracy():
     assert info.converged.all()
     for c in range(3):
         assert np.abs(P[:, c] - ref[:, c]).max() <= 1e-4 * np.abs(ref[:, c]).max(), c
+
+
+@pytest.mark.parametrize("reorder", [None, "rcm"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_caller_labels_untouched_and_any_input_dtype(reorder, dtype):
+    """The wrapper scales the right-hand sides in place on its own copy only: the caller's P^c is unchanged,
+    whatever its dtype and whether the rows are reordered; float32 and float64 P^c give the same P*."""
+    S = knn_graph_S(300)
+    Y = labels(300, 4).astype(dtype)
+    keep = Y.copy()
+    P, info = propagate(S, Y, 0.9, backend="torch", device="cpu", reorder=reorder, clip_negative=False)
+    np.testing.assert_array_equal(Y, keep)
+    ref = dense_solve(S, Y.astype(np.float64), 0.9)
+    assert info.converged.all() and P.dtype == np.float32
+    assert np.abs(P - ref).max() <= 1e-4 * np.abs(ref).max()

@@ -461,7 +461,8 @@ def _unit_columns(Pc: np.ndarray, op: LPOperator):
     dtype and device, and the (K,) column norms (same dtype and device; 1 for zero columns).
 
     The norms are taken in float64 and the division is done in float64 whenever a norm lies outside float32's
-    comfortable range; otherwise in place in the operator's dtype (no float64 copy of the block)."""
+    comfortable range; otherwise in place in the operator's dtype (no float64 copy of the block, whatever the
+    input's dtype; the caller's array is never written)."""
     import torch
 
     with torch.inference_mode():
@@ -472,9 +473,10 @@ def _unit_columns(Pc: np.ndarray, op: LPOperator):
             P = P.index_select(0, op.perm_index())
         norm = torch.linalg.vector_norm(P, dim=0, dtype=torch.float64)
         norm[~(norm > 0)] = 1.0
-        if P.dtype == op.dtype and bool(((norm > 1e-30) & (norm < 1e30)).all()):
-            owned = op.perm is not None or op.device.type != "cpu"  # else P still shares the caller's array
-            B = P.to(op.device) if owned else P.clone()
+        if bool(((norm > 1e-30) & (norm < 1e30)).all()):  # float32 division is exact enough: in place
+            B = P.to(device=op.device, dtype=op.dtype)
+            if op.perm is None and B.data_ptr() == P.data_ptr():  # still the caller's array
+                B = B.clone()
             B.div_(norm.to(device=op.device, dtype=op.dtype))
         else:
             B = (P.to(torch.float64) / norm).to(device=op.device, dtype=op.dtype)
