@@ -182,7 +182,8 @@ class RecipeRunner:
             ``model_type``, ``weights_id``, ``config``) used instead of building SAM from ``recipe["masks"]``;
             its masks are stored under the recipe's mask key (the cache manifest records its config hash).
         shard_size: rows per embedding-store shard (resume granularity of the embed stage).
-        seed: torch seed set before building CLIP (random weights are then reproducible across resumes).
+        seed: torch seed set before building SAM and before building CLIP (random weights are then reproducible
+            across resumes and equal to those of the Ray actors).
         limit: use only the first ``limit`` images of each split (quick looks).
         log: where stage messages go (default print).
         ray: run the masks and embed stages on Ray (:class:`RayOptions`); None: in this process.
