@@ -296,8 +296,9 @@ def permute_symmetric(S: sp.csr_matrix, perm: np.ndarray, dtype=None, rows_per_b
     The result's two nnz-long arrays are allocated once and filled block by block, so the only large fresh
     allocation is the result itself (no whole-matrix float32 copy or relabelled-index temporary). They are
     torch allocations viewed as NumPy arrays: on a VM whose host reclaims freed memory, NumPy's huge-page
-    allocations were 3-8x slower to fill on first touch after a pause (measured 0.25-0.79 s for this step at
-    325k x 50 against 0.11 s block by block; 0.07 s with two threads)."""
+    allocations were several times slower to fill on first touch after a pause (``benchmarks/bench_lp_permute.py``,
+    325k x 50: whole-matrix NumPy steps 0.085 s warm / 0.52 s after a pause; this function 0.072 / 0.098 s with
+    two threads)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
