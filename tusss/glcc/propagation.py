@@ -25,7 +25,7 @@ second solve on the same graph (the next bootstrap round, a grid over alpha) sta
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -183,6 +183,16 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
         return acc
 
     Xout = None  # made when the first columns leave the block (or for columns that never enter it)
+
+    def finish(cols: np.ndarray, vals) -> None:  # columns ``cols`` of the result are ``vals``
+        nonlocal Xout
+        if Xout is None and cols.size == K:  # every column at once, in order: the block is the result
+            Xout = vals
+            return
+        if Xout is None:
+            Xout = _zeros_like(B)
+        Xout.index_copy_(1, _index(cols, B.device), vals)
+
     bnorm2 = coldot(B, B)
     bnorm2_h = bnorm2.double().cpu().numpy()
     thresh = (tol * tol) * bnorm2_h
@@ -215,14 +225,8 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
             rr_h = rr.double().cpu().numpy()
             rr_final[act] = rr_h
             done = rr_h <= thresh[act]
-            if done.all() and Xout is None and act.size == K:  # every column at once: X is the result
-                Xout, act = X, act[:0]
-                break
             if done.any():
-                d = _index(np.flatnonzero(done), B.device)
-                if Xout is None:
-                    Xout = _zeros_like(B)
-                Xout.index_copy_(1, _index(act[done], B.device), X.index_select(1, d))
+                finish(act[done], X if done.all() else X.index_select(1, _index(np.flatnonzero(done), B.device)))
                 keep = ~done
                 act = act[keep]
                 if act.size == 0:
@@ -230,12 +234,7 @@ def block_cg_torch(matvec, B, *, tol: float = 1e-6, maxiter: int = 200, warn: bo
                 k = _index(np.flatnonzero(keep), B.device)
                 X, R, P, rr = X.index_select(1, k), R.index_select(1, k), P.index_select(1, k), rr.index_select(0, k)
         if act.size:  # not converged within maxiter: return the last iterate
-            if Xout is None and act.size == K:
-                Xout = X
-            else:
-                if Xout is None:
-                    Xout = _zeros_like(B)
-                Xout.index_copy_(1, _index(act, B.device), X)
+            finish(act, X)
     if Xout is None:  # every column was zero
         Xout = _zeros_like(B)
     conv = rr_final <= thresh
@@ -315,8 +314,7 @@ def permute_symmetric(S: sp.csr_matrix, perm: np.ndarray, dtype=None, rows_per_b
     indptr = np.zeros(n + 1, it)
     np.cumsum(np.diff(S.indptr)[perm], out=indptr[1:])
     nnz = int(indptr[-1])
-    indices = torch.empty(nnz, dtype=torch.from_numpy(np.empty(0, it)).dtype).numpy()
-    data = torch.empty(nnz, dtype=torch.from_numpy(np.empty(0, vt)).dtype).numpy()
+    indices, data = _host_array(nnz, it), _host_array(nnz, vt)
 
     def fill(a: int) -> None:
         b = min(n, a + rows_per_block)
@@ -336,6 +334,14 @@ def permute_symmetric(S: sp.csr_matrix, perm: np.ndarray, dtype=None, rows_per_b
     T = sp.csr_matrix((data, indices, indptr), shape=S.shape, copy=False)
     T.has_sorted_indices = False
     return T
+
+
+def _host_array(n: int, dtype) -> np.ndarray:
+    """An uninitialised (n,) NumPy array in memory allocated by torch (no transparent-huge-page request: see
+    :func:`permute_symmetric`)."""
+    import torch
+
+    return torch.empty(n, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).numpy()
 
 
 def torch_csr(S: sp.spmatrix, device=None, dtype=None):
@@ -408,7 +414,7 @@ class LPOperator:
     S: object
     perm: np.ndarray | None
     seconds: float = 0.0
-    _perm_index: object = None
+    _perm_index: object = field(default=None, init=False, repr=False)
 
     def perm_index(self):
         """``perm`` as an (N,) int64 tensor on the operator's device (made once)."""
@@ -456,6 +462,7 @@ def prepare_operator(S: sp.spmatrix, *, device: str | None = None, dtype: type |
         S = permute_symmetric(S, perm, dtype=np.float32 if tdtype == torch.float32 else np.float64)
     return LPOperator(torch_csr(S, dev, tdtype), perm, time.perf_counter() - t0)
 
+
 def _unit_columns(Pc: np.ndarray, op: LPOperator):
     """(N, K) right-hand sides for the torch solve: rows in the operator's order, each column at unit norm
     (CG is scale-invariant; float32 would underflow tiny columns). Returns B (N, K) tensor of the operator's
@@ -468,21 +475,21 @@ def _unit_columns(Pc: np.ndarray, op: LPOperator):
 
     with torch.inference_mode():
         P = torch.from_numpy(np.ascontiguousarray(Pc))
-        if not (P.dtype.is_floating_point and P.dtype in (torch.float32, torch.float64)):
+        if P.dtype not in (torch.float32, torch.float64):
             P = P.to(torch.float64)
         if op.perm is not None:
             P = P.index_select(0, op.perm_index())
         norm = torch.linalg.vector_norm(P, dim=0, dtype=torch.float64)
         norm[~(norm > 0)] = 1.0
+        scale = norm.to(device=op.device, dtype=op.dtype)
         if bool(((norm > 1e-30) & (norm < 1e30)).all()):  # float32 division is exact enough: in place
             B = P.to(device=op.device, dtype=op.dtype)
-            if op.perm is None and B.data_ptr() == P.data_ptr():  # still the caller's array
+            if B is P and op.perm is None:  # still the caller's array
                 B = B.clone()
-            B.div_(norm.to(device=op.device, dtype=op.dtype))
+            B.div_(scale)
         else:
             B = (P.to(torch.float64) / norm).to(device=op.device, dtype=op.dtype)
-        return B, norm.to(device=op.device, dtype=op.dtype)
-
+        return B, scale
 
 
 def propagate(
