@@ -140,11 +140,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if is_enospc(e) and not isinstance(e, DiskFullError):
-            raise DiskFullError(e.errno, f"no space left on the device while writing {p} ({e.strerror}); its "
-                                "previous complete version is intact: free some space and re-run the command",
-                                os.fspath(p)) from e
+            raise _disk_full(e, p, "writing", "; its previous complete version is intact") from e
         raise
     fsync_dir(p.parent)
+
+
+def _disk_full(e: OSError, path: Path, doing: str, state: str = "") -> DiskFullError:
+    """The :class:`DiskFullError` of an ENOSPC / EDQUOT ``e`` while ``doing`` ``path``."""
+    return DiskFullError(e.errno, f"no space left on the device while {doing} {path} ({e.strerror}){state}: free "
+                         "some space and re-run the command", os.fspath(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], None]) -> Path:
@@ -510,9 +514,7 @@ class FailureLog:
             os.fsync(self._fh.fileno())
         except OSError as e:
             if is_enospc(e):
-                raise DiskFullError(e.errno, f"no space left on the device while appending to {self.path} "
-                                    f"({e.strerror}): free some space and re-run the command",
-                                    os.fspath(self.path)) from e
+                raise _disk_full(e, self.path, "appending to") from e
             raise
 
     def _write(self) -> None:

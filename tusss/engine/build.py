@@ -263,7 +263,7 @@ def build_engine(
     return BuildResult(man, timings)
 
 
-_ENGINE_SUFFIXES = (".onnx", ".onnx.data", ".data", ".plan", ".pt2", ".cache", TMP_SUFFIX)
+_ENGINE_SUFFIXES = (".onnx", ".data", ".plan", ".pt2", ".cache", TMP_SUFFIX)  # .data: ONNX external data
 
 
 @contextlib.contextmanager
