@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tusss.errors import InputError
 
-__all__ = ["add_ray_args", "pool_from_args", "register", "run_embed", "run_masks"]
+__all__ = ["add_ray_args", "pool_from_args", "ray_address", "register", "run_embed", "run_masks"]
 
 RAY_COMMANDS = ("masks", "embed", "serve")
 
@@ -55,7 +55,8 @@ def pool_from_args(args: argparse.Namespace) -> object:
                       gpus_per_actor=args.ray_gpus_per_actor, read_cpus=args.ray_read_cpus)
 
 
-def _address(args: argparse.Namespace) -> str | None:
+def ray_address(args: argparse.Namespace) -> str | None:
+    """The cluster address of ``--ray [ADDRESS]`` (None: a local cluster); checks ``--ray-num-cpus`` against it."""
     if args.ray != "local" and getattr(args, "inputs", None) is not None and Path(args.ray).exists():
         args.inputs.append(args.ray)  # `tusss masks --ray DIR`: argparse took the image folder for ADDRESS
         args.ray = "local"
@@ -86,7 +87,7 @@ def run_masks(args: argparse.Namespace) -> int:
     from tusss.masks.cache import check_manifest, write_manifest
     from tusss.weights import parse_weight_source
 
-    address = _address(args)
+    address = ray_address(args)
     src = ImageSource(args)
     spec = SamSpec(args.sam, parse_weight_source(args.checkpoint), args.preset, parse_opts(args.sam_opt, "--sam-opt"),
                    seed=args.seed, device=args.device)
@@ -127,7 +128,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
     spec = ClipSpec(args.clip, parse_weight_source(args.weights, official="openai"), args.clip_preset,
                     parse_opts(args.clip_opt, "--clip-opt"), seed=args.seed, device=args.device)
-    started = init_ray(_address(args), num_cpus=args.ray_num_cpus)
+    started = init_ray(ray_address(args), num_cpus=args.ray_num_cpus)
     try:
         meta = {**embed_store_meta(args, ds, cache), "embedder": probe_clip(spec)}
         res = ray_embed(ds, cache.root, cache.config_hash, args.out, spec, ids=ids, dtype=args.dtype,
@@ -159,7 +160,7 @@ def run_serve(args: argparse.Namespace) -> int:
     for n, v in (("--max-batch", args.max_batch), ("--max-pixels", args.max_pixels)):
         if v < 1:
             raise InputError(f"{n} must be >= 1, got {v}")
-    address = _address(args)
+    address = ray_address(args)
     started = init_ray(address, num_cpus=args.ray_num_cpus)
     try:
         from ray import serve

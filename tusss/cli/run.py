@@ -37,10 +37,10 @@ def _runner_kw(args: argparse.Namespace) -> dict:
     kw = {"device": args.device, "progress": not args.no_progress, "shard_size": args.shard_size,
           "seed": args.seed, "limit": args.limit}
     if getattr(args, "ray", None) is not None:  # `tusss run --ray`: masks and embed stages on the cluster
-        from tusss.cli.ray_options import _address, pool_from_args
+        from tusss.cli.ray_options import pool_from_args, ray_address
         from tusss.recipes.runner import RayOptions
 
-        kw["ray"] = RayOptions(address=_address(args), pool=pool_from_args(args), num_cpus=args.ray_num_cpus)
+        kw["ray"] = RayOptions(address=ray_address(args), pool=pool_from_args(args), num_cpus=args.ray_num_cpus)
     return kw
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from tusss.errors import InputError
 
-__all__ = ["embed_into_store", "embed_or_empty", "storable_masks"]
+__all__ = ["cached_storable_masks", "embed_into_store", "embed_or_empty", "storable_masks"]
 
 
 def storable_masks(ms: Any) -> tuple[Any, np.ndarray]:
@@ -32,6 +32,16 @@ def storable_masks(ms: Any) -> tuple[Any, np.ndarray]:
     """
     keep = np.flatnonzero(ms.masks.reshape(len(ms), -1).any(1)) if len(ms) else np.zeros(0, np.int64)
     return ms.subset(keep), keep
+
+
+def cached_storable_masks(cache: Any, image_id: str) -> tuple[Any, np.ndarray]:
+    """:func:`storable_masks` of the masks cached for ``image_id`` in ``cache`` (a
+    :class:`tusss.masks.cache.MaskCache`); :class:`InputError` when the cache has none for it (a damaged cache
+    file raises :class:`tusss.errors.CorruptFileError` naming it)."""
+    ms = cache.get(image_id)
+    if ms is None:
+        raise InputError(f"mask cache {cache.root} has no masks for {image_id!r}: run `tusss masks` first")
+    return storable_masks(ms)
 
 
 def embed_or_empty(clip: Any, image: np.ndarray, masks: np.ndarray, dim: int) -> np.ndarray:
@@ -67,10 +77,7 @@ def embed_into_store(clip: Any, dataset: Any, ids: Sequence[str], cache: Any, wr
     done = writer.done()
 
     def embed_one(i: str) -> None:
-        ms = cache.get(i)  # a damaged cache file raises CorruptFileError naming it: a bad item
-        if ms is None:
-            raise InputError(f"mask cache {cache.root} has no masks for {i!r}: run `tusss masks` first")
-        ms, keep = storable_masks(ms)
+        ms, keep = cached_storable_masks(cache, i)  # a missing or damaged cache entry: this image fails
         emb = embed_or_empty(clip, dataset.image(i), ms.masks, writer.dim)
         gt = gt_class_fractions(ms.masks, dataset.label(i), dataset.num_classes) if with_gt else None
         writer.add(i, emb, area=ms.area, level=ms.level, gt_fractions=gt, mask_index=keep)

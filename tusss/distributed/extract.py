@@ -458,17 +458,14 @@ def ray_cache_masks(
 
 # ---------------------------------------------------------------------------------------------- embed
 def _embed_read(row: dict[str, Any], dataset: Any, root: str, config_hash: str, with_gt: bool) -> dict[str, Any]:
-    from tusss.data.embed import storable_masks
+    from tusss.data.embed import cached_storable_masks
     from tusss.data.store import gt_class_fractions
     from tusss.masks.cache import MaskCache
 
     iid = str(row["id"])
     stage = "masks"
     try:
-        ms = MaskCache(root, config_hash).get(iid)
-        if ms is None:
-            raise InputError(f"mask cache {root} has no masks for {iid!r}: run `tusss masks` first")
-        ms, keep = storable_masks(ms)
+        ms, keep = cached_storable_masks(MaskCache(root, config_hash), iid)
         stage = "read"
         image = dataset.image(iid)
         gt = None
